@@ -1,0 +1,225 @@
+"""Command line: python -m minildm {demo,train,evaluate,generate,img2img,bench,course,data}.
+
+    python -m minildm demo                          a picture of the course's results
+    python -m minildm train all --preset cpu        VAE, CLIP, latent UNet (+ pixel UNet)
+    python -m minildm train vae --preset tiny --steps 20
+    python -m minildm evaluate [ldm|clip|vae|pixel_unet]
+    python -m minildm generate "a large red circle in the top left" -n 8 --out grid.png
+    python -m minildm img2img in.png "a small blue square at the bottom" --strength 0.6 --out out.png
+    python -m minildm bench
+    python -m minildm course student-edition OUT_DIR
+    python -m minildm data preview --out shapes.png
+
+Every model's recipe lives in its own module as `fit(preset, out_dir, run_dir, **overrides)`
+and `evaluate(...)`; this file only parses arguments and dispatches.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# What `train X` and `evaluate X` call: module, in training order for `train all`.
+MODELS = {
+    "vae": "minildm.vae",
+    "clip": "minildm.clip",
+    "ldm": "minildm.pipeline",
+    "pixel_unet": "minildm.ddpm",
+}
+PRESETS = ("tiny", "cpu", "gpu")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed without a traceback."""
+
+
+def _module(name: str):
+    if name not in MODELS:
+        raise UsageError(f"unknown model {name!r}; allowed: {', '.join(MODELS)} (or 'all' for train)")
+    return importlib.import_module(MODELS[name])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in [0, 2**63), got {text!r}")
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in [0, 2**63), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------
+# Commands
+
+def cmd_demo(args) -> None:
+    from .demo import make_demo
+    path = make_demo(args.out)
+    print(f"wrote {path}")
+    print("Open the course:  jupyter lab notebooks/00_welcome.ipynb")
+
+
+def cmd_train(args) -> None:
+    overrides = {k: v for k, v in {
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
+        "precision": args.precision, "compile": args.compile or None, "seed": args.seed,
+        "resume": args.resume or None, "checkpoint_every": args.checkpoint_every,
+    }.items() if v is not None}
+    names = [n for n in MODELS if n != "pixel_unet"] + ["pixel_unet"] if args.model == "all" else [args.model]
+    for name in names:
+        module = _module(name)
+        print(f"== training {name} (preset {args.preset}) ==", flush=True)
+        module.fit(preset=args.preset, out_dir=args.out, run_dir=args.run_dir, **overrides)
+
+
+def cmd_evaluate(args) -> None:
+    module = _module(args.model)
+    kwargs = {"weights": args.weights} if args.weights else {}
+    if args.quick:
+        kwargs["quick"] = True
+    result = module.evaluate(**kwargs)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_generate(args) -> None:
+    from .pipeline import generate_command
+    generate_command(args)
+
+
+def cmd_img2img(args) -> None:
+    from .pipeline import img2img_command
+    img2img_command(args)
+
+
+def cmd_bench(args) -> None:
+    from .bench import main as bench_main
+    bench_main(args)
+
+
+def cmd_course(args) -> None:
+    from .course import write_student_edition
+    written = write_student_edition(args.out_dir, args.notebooks)
+    print(f"wrote the student edition of {len(written)} notebooks to {args.out_dir}")
+
+
+def cmd_data(args) -> None:
+    from .demo import dataset_preview
+    path = dataset_preview(args.out, n=args.n, seed=args.seed, resolution=args.resolution)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minildm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="write a picture of the course's results")
+    p.add_argument("--out", default="minildm_demo.png", help="image file to write")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model (or all) and write its weights")
+    p.add_argument("model", choices=list(MODELS) + ["all"])
+    p.add_argument("--preset", choices=PRESETS, default="cpu")
+    p.add_argument("--out", default="weights", help="folder for the trained weights (one subfolder per model)")
+    p.add_argument("--run-dir", default="runs", help="folder for checkpoints and metrics")
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--device", help="auto, cpu, cuda, mps")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=_seed)
+    p.add_argument("--checkpoint-every", type=_positive_int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="measure a trained model; prints JSON")
+    p.add_argument("model", nargs="?", default="ldm", choices=list(MODELS))
+    p.add_argument("--weights", help="weights folder (default: the shipped weights)")
+    p.add_argument("--quick", action="store_true", help="fewer images (a smoke test)")
+    p.add_argument("--json", help="also write the JSON to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="text to image with the latent diffusion pipeline")
+    p.add_argument("prompt")
+    p.add_argument("-n", "--num-images", type=_positive_int, default=8)
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
+    p.add_argument("--out", default="generated.png")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("img2img", help="edit an image towards a prompt (SDEdit)")
+    p.add_argument("image")
+    p.add_argument("prompt")
+    p.add_argument("--strength", type=float, default=0.6)
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
+    p.add_argument("--out", default="img2img.png")
+    p.set_defaults(func=cmd_img2img)
+
+    p = sub.add_parser("bench", help="training and sampling speed; prints JSON")
+    p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the JSON to this file")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("course", help="course tools for instructors")
+    course_sub = p.add_subparsers(dest="course_command", required=True)
+    q = course_sub.add_parser("student-edition", help="notebooks with solutions stripped")
+    q.add_argument("out_dir")
+    q.add_argument("--notebooks", help="instructor notebooks folder (default: the repository's)")
+    q.set_defaults(func=cmd_course)
+
+    p = sub.add_parser("data", help="the Shapes dataset")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("preview", help="a grid of Shapes images with captions")
+    q.add_argument("--out", default="shapes_preview.png")
+    q.add_argument("-n", type=_positive_int, default=24)
+    q.add_argument("--seed", type=_seed, default=0)
+    q.add_argument("--resolution", type=int, choices=(32, 64), default=32)
+    q.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .weights_io import WeightsError
+    try:
+        args.func(args)
+    except (UsageError, WeightsError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
