@@ -67,8 +67,9 @@ SPLITS = ("train", "test", "heldout", "all")
 RESOLUTIONS = (32, 64)
 
 # Geometry, as fractions of the image side.
-SIZE_RANGES = {"small": (0.20, 0.30), "large": (0.45, 0.55)}  # width across
-CELL_MARGIN = 0.15  # the centre stays this fraction of a cell away from its borders
+SIZE_RANGES = {"small": (0.20, 0.30), "large": (0.44, 0.52)}  # width across
+CELL_MARGIN = 0.10    # the centre stays this fraction of a cell away from the cell's borders
+BORDER_MARGIN = 0.03  # and the object this fraction of the side away from the image's edge
 
 # Paraphrases used in training (canonical wording first).
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
@@ -172,7 +173,7 @@ def sample_geometry(labels: torch.Tensor, rng: np.random.Generator) -> np.ndarra
 
     The width is uniform in SIZE_RANGES[size]. The centre is uniform inside its 3x3
     cell, at least CELL_MARGIN of a cell from the cell's borders, and far enough
-    from the image border that the whole object stays inside the image.
+    from the image border (BORDER_MARGIN) that the whole object stays inside.
     """
     labels = np.asarray(labels).reshape(-1, 4)
     n = len(labels)
@@ -182,8 +183,8 @@ def sample_geometry(labels: torch.Tensor, rng: np.random.Generator) -> np.ndarra
     row, col = labels[:, 3] // 3, labels[:, 3] % 3
     centre = []
     for cell in (col, row):  # x from the column, y from the row
-        lo = np.maximum((cell + CELL_MARGIN) / 3, half)
-        hi = np.minimum((cell + 1 - CELL_MARGIN) / 3, 1 - half)
+        lo = np.maximum((cell + CELL_MARGIN) / 3, half + BORDER_MARGIN)
+        hi = np.minimum((cell + 1 - CELL_MARGIN) / 3, 1 - half - BORDER_MARGIN)
         centre.append(lo + (hi - lo) * rng.random(n))
     return np.stack([centre[0], centre[1], width], axis=1)
 
