@@ -9,15 +9,20 @@ Nothing here knows which model it trains. A model plugs in with two functions:
 and the loop does the rest, in this order each step:
 
     1. learning rate: linear warm-up, then cosine decay        (lr_at)
-    2. forward under autocast (bf16 on CUDA when asked)         (autocast_context)
-    3. backward, gradient clipping, AdamW step
+    2. forward under autocast (bf16 on a GPU when asked)        (autocast_context)
+    3. backward (DDP averages gradients across GPUs), gradient clipping, AdamW step
     4. EMA of the weights (the EMA copy is what gets sampled)   (EMA)
-    5. every log_every steps: a JSON line in metrics.jsonl
-    6. every checkpoint_every steps: an atomic checkpoint       (save_checkpoint)
+    5. every log_every steps: a JSON line in metrics.jsonl      (read_metrics)
+    6. every checkpoint_every steps: an atomic checkpoint       (checkpoint.py)
+
+The same function runs on a CPU, one GPU (channels_last, bf16, torch.compile),
+or several GPUs under `torchrun` (see distributed.py): each process then draws
+its own batches (data generator seeded with seed + rank) and only rank 0 logs
+and writes checkpoints.
 
 A NaN loss stops the run with a clear message and leaves the last good
 checkpoint untouched. `resume=True` continues a killed run exactly: weights,
-EMA, optimizer, step and every random number generator come back.
+EMA, optimizer, gradient scaler, step and every random number generator come back.
 
 Taught in notebooks/07_scaling_up.ipynb.
 """
@@ -27,8 +32,6 @@ import contextlib
 import copy
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +41,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .weights_io import load_safetensors, save_safetensors
+from . import distributed
+from .checkpoint import (CheckpointError, find_checkpoint, load_checkpoint,  # noqa: F401
+                         rng_state, save_checkpoint, set_rng_state)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -51,10 +56,14 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' asked for, but Apple's MPS is not available; use 'auto' or 'cpu'")
     return device
 
 
@@ -72,13 +81,14 @@ class TrainConfig:
     ema_decay: float = 0.0         # EMA of weights per step (0 = off, e.g. 0.999)
     device: str = "auto"           # auto | cpu | cuda | mps
     precision: str = "fp32"        # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
-    compile: bool = False          # torch.compile the model (CUDA only, optional)
-    seed: int = 0                  # seeds the data stream and torch
+    compile: bool = False          # torch.compile the model (worth it on a GPU)
+    seed: int = 0                  # seeds the data stream and torch (+ rank under torchrun)
     log_every: int = 50            # steps between metric lines
     checkpoint_every: int = 0      # steps between checkpoints (0 = only at the end)
     out_dir: str | None = None     # where checkpoints and metrics go (None = nowhere)
     resume: bool = False           # continue from out_dir/checkpoint if present
-    progress: bool = True          # tqdm progress bar
+    progress: bool = True          # tqdm progress bar (and a start line naming device and seed)
+    memory_format: str = "auto"    # auto (channels_last on CUDA) | channels_last | contiguous
 
 
 @dataclass
@@ -91,9 +101,11 @@ class TrainResult:
 
     @property
     def images_per_second(self) -> float:
+        """Training throughput of all processes together."""
         if not self.history or self.seconds == 0:
             return 0.0
-        return self.history[-1].get("batch_size", 0) * self.steps_run / self.seconds
+        last = self.history[-1]
+        return last.get("batch_size", 0) * last.get("world_size", 1) * self.steps_run / self.seconds
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -110,7 +122,8 @@ class EMA:
 
     Sampling from the averaged weights gives smoother images than the last step's.
     The first steps use a smaller decay, min(d, (1 + n) / (10 + n)), so the
-    average is not dominated by the random initial weights.
+    average is not dominated by the random initial weights. Under DDP every rank
+    holds identical weights after each step, so every rank's EMA is identical too.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -129,88 +142,70 @@ class EMA:
                 ema_p.copy_(p)
 
 
-def autocast_context(device: torch.device, precision: str):
-    """Mixed precision: bf16 or fp16 autocast for the forward pass, or nothing."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Check the precision name; a GPU without bf16 (before Ampere) falls back to fp16."""
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print("this GPU has no bf16: using fp16 autocast with a GradScaler instead")
+        return "fp16"
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Mixed precision: bf16 or fp16 autocast for the forward pass, or nothing.
+
+    Inside autocast, matmuls and convolutions run in 16 bits (2x less memory
+    traffic, tensor cores on a GPU) while reductions such as softmax and norms
+    stay in fp32. bf16 keeps fp32's exponent range, so it needs no loss scaling;
+    fp16 does (see the GradScaler in train()). CPUs support both, slowly.
+    """
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """channels_last (NHWC) lets cuDNN use tensor-core convolution kernels on a GPU."""
+    if cfg.memory_format not in ("auto", "channels_last", "contiguous"):
+        raise ValueError(f"memory_format must be auto, channels_last or contiguous, "
+                         f"got {cfg.memory_format!r}")
+    return cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cuda")
+
+
+def to_channels_last(batch):
+    """Every 4-D floating tensor in a (nested) batch -> channels_last memory layout."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_channels_last(v) for k, v in batch.items()}
+    return batch
+
+
 # ----------------------------------------------------------------------------
-# Checkpoints: a folder per checkpoint, published by an atomic rename.
-#
-#   out_dir/checkpoint/            the latest complete checkpoint
-#       model.safetensors          the optimizer's weights
-#       ema.safetensors            the EMA weights (when EMA is on)
-#       state.pt                   optimizer, step, RNG states (torch.load weights_only=True)
-#
-# A new checkpoint is written to checkpoint.tmp/, then checkpoint/ is renamed
-# to checkpoint.old/, checkpoint.tmp/ to checkpoint/, and checkpoint.old/ removed.
-# A kill at any moment leaves checkpoint/ or checkpoint.old/ complete.
+# Metrics: one JSON line per logged step in out_dir/metrics.jsonl (plot: viz.loss_curve)
 
-def save_checkpoint(folder: Path, model: nn.Module, ema: EMA | None, optimizer, step: int,
-                    generator: torch.Generator, extra: dict | None = None) -> None:
-    folder = Path(folder)
-    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_safetensors(model.state_dict(), tmp / "model.safetensors")
-    if ema is not None:
-        save_safetensors(ema.model.state_dict(), tmp / "ema.safetensors")
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "ema_updates": ema.updates if ema is not None else 0,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data_rng": generator.get_state(),
-        "extra": json.dumps(extra or {}),
-    }
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+def read_metrics(path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (path: the file or the run folder)."""
+    path = Path(path)
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.exists():
+        raise ValueError(f"metrics file not found: {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def find_checkpoint(folder: Path) -> Path | None:
-    """The complete checkpoint folder to resume from (checkpoint/ or, after a kill
-    mid-swap, checkpoint.old/), or None."""
-    folder = Path(folder)
-    for candidate in (folder, folder.with_name(folder.name + ".old")):
-        if (candidate / "state.pt").exists() and (candidate / "model.safetensors").exists():
-            return candidate
-    return None
-
-
-def load_checkpoint(folder: Path, model: nn.Module, ema: EMA | None, optimizer,
-                    generator: torch.Generator) -> int:
-    """Restore everything save_checkpoint wrote; returns the step to continue from."""
-    folder = Path(folder)
-    load_safetensors(model, folder / "model.safetensors")
-    try:
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or not a checkpoint
-        raise ValueError(f"cannot read training state {folder / 'state.pt'}: the file is "
-                         f"corrupt or truncated ({type(err).__name__}). Delete the folder "
-                         f"to start over, or restore a backup.") from err
-    if ema is not None:
-        if (folder / "ema.safetensors").exists():
-            load_safetensors(ema.model, folder / "ema.safetensors")
-        ema.updates = state["ema_updates"]
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if torch.cuda.is_available() and state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    generator.set_state(state["data_rng"])
-    return int(state["step"])
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """After a resume, drop metric lines logged after the checkpoint (they get redone)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(r + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------
@@ -218,6 +213,18 @@ def load_checkpoint(folder: Path, model: nn.Module, ema: EMA | None, optimizer,
 
 class NaNLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class _LossModule(nn.Module):
+    """loss_fn(model, batch) as one module, so DDP sees the whole loss computation
+    as its forward() (loss_fn may call any method of the model)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
 
 
 def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: TrainConfig,
@@ -233,11 +240,22 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
     Returns:
         TrainResult with the trained model (EMA weights if enabled) and the metric history.
     """
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)  # the data stream (CPU generator)
+    # 1. Where: one device, or under torchrun one device per process.
+    info, device = distributed.init_distributed(cfg.device)
+    device = device or pick_device(cfg.device)
+    main = info.is_main
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = use_channels_last(cfg, device)
+    if device.type == "cuda":  # TF32 matmuls for the fp32 parts: ~free speed on Ampere+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + info.rank)
+    generator = torch.Generator().manual_seed(cfg.seed + info.rank)  # this rank's data stream
+
+    # 2. What: the model (+ EMA copy), the optimizer, the loss as a module.
     model = model.to(device)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -245,25 +263,52 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=tuple(cfg.betas))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    forward_model = torch.compile(model) if cfg.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_module = _LossModule(torch.compile(model) if cfg.compile else model, loss_fn)
+    if info.enabled:
+        loss_module = distributed.wrap(loss_module, device)  # broadcasts rank 0's weights
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # after the broadcast
 
+    # 3. Resume, or start a fresh run folder.
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_dir = out_dir / "checkpoint" if out_dir else None
     start = 0
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and (found := find_checkpoint(ckpt_dir)) is not None:
-            start = load_checkpoint(found, model, ema, optimizer, generator)
-            print(f"[{name}] resumed from {found} at step {start}")
-        with open(out_dir / "config.json", "w") as f:
-            json.dump({"name": name, **asdict(cfg)}, f, indent=2, default=str)
-    metrics_file = open(out_dir / "metrics.jsonl", "a" if start else "w") if out_dir else None
+        found = find_checkpoint(ckpt_dir)
+        if cfg.resume and found is not None:
+            state = load_checkpoint(found, model, ema)
+            optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"] and scaler.is_enabled():
+                scaler.load_state_dict(state["scaler"])
+            if len(state["rng"]) == info.world_size:
+                set_rng_state(state["rng"][info.rank], generator, device)
+            else:  # another number of processes: fresh but reproducible streams
+                torch.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
+                generator.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
+            start = int(state["step"])
+            if main:
+                print(f"[{name}] resumed from {found} at step {start}")
+        elif found is not None and main:
+            print(f"[{name}] note: {found} exists; starting over (resume=True / --resume continues "
+                  f"it). It is replaced at this run's first checkpoint.")
+        elif cfg.resume and main:
+            print(f"[{name}] no checkpoint in {ckpt_dir} to resume from: starting at step 0")
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / "config.json", "w") as f:
+                json.dump({"name": name, "world_size": info.world_size, **asdict(cfg)}, f,
+                          indent=2, default=str)
+            _keep_metrics_until(out_dir / "metrics.jsonl", start)
+    metrics_file = open(out_dir / "metrics.jsonl", "a") if out_dir and main else None
+    if main and cfg.progress:
+        print(f"[{name}] training on {device} x {info.world_size} | {precision} | seed {cfg.seed} "
+              f"| steps {start}..{cfg.steps} | batch {cfg.batch_size} per process")
 
+    # 4. The loop.
     history: list[dict] = []
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=name, disable=not cfg.progress,
+    bar = tqdm(range(start, cfg.steps), desc=name, disable=not (cfg.progress and main),
                initial=start, total=cfg.steps, dynamic_ncols=True)
     try:
         for step in bar:
@@ -271,26 +316,31 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = sample_batch(cfg.batch_size, generator, device)
-            with autocast_context(device, cfg.precision):
-                out = loss_fn(forward_model, batch)
+            if channels_last:
+                batch = to_channels_last(batch)
+            with autocast_context(device, precision):
+                out = loss_module(batch)
             loss, extra = out if isinstance(out, tuple) else (out, {})
-            if not torch.isfinite(loss):
+            if distributed.any_rank(not torch.isfinite(loss).item(), info, device):
+                kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
                 raise NaNLossError(
                     f"[{name}] loss is {loss.item()} at step {step}; stopping. "
-                    + (f"The last good checkpoint in {ckpt_dir} is kept; " if ckpt_dir else "")
-                    + "try a lower learning rate (--lr) or fp32 precision.")
+                    + (f"The last good checkpoint, {kept}, is kept (continue from it with "
+                       f"--resume). " if kept else "No checkpoint was written before it. ")
+                    + "Try a lower learning rate (--lr) or fp32 precision.")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # under DDP: gradients all-reduced here
             scaler.unscale_(optimizer)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            scaler.step(optimizer)
+            scaler.step(optimizer)  # fp16: skipped if a gradient overflowed
             scaler.update()
             if ema is not None:
                 ema.update(model)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                row = {"step": done, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-                       "batch_size": cfg.batch_size, "seconds": time.perf_counter() - t0,
+                row = {"step": done, "loss": distributed.mean(loss, info), "lr": lr,
+                       "grad_norm": float(grad_norm), "batch_size": cfg.batch_size,
+                       "world_size": info.world_size, "seconds": time.perf_counter() - t0,
                        **{k: float(v) for k, v in extra.items()}}
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -299,13 +349,19 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
                     metrics_file.flush()
             if ckpt_dir and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
                              or done == cfg.steps):
-                save_checkpoint(ckpt_dir, model, ema, optimizer, done, generator)
+                rngs = distributed.gather(rng_state(generator, device), info)  # every rank's
+                if main:
+                    save_checkpoint(ckpt_dir, model, ema, {
+                        "step": done, "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "ema_updates": ema.updates if ema else 0,
+                        "rng": rngs, "world_size": info.world_size})
     finally:
         bar.close()
         if metrics_file:
             metrics_file.close()
+    distributed.barrier(info)  # rank 0 has finished writing before anyone goes on
     seconds = time.perf_counter() - t0
     model.eval()
     final = ema.model if ema is not None else model
     return TrainResult(model=final, raw_model=model, history=history, seconds=seconds,
-                       steps_run=cfg.steps - start)
+                       steps_run=max(0, cfg.steps - start))

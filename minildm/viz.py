@@ -130,3 +130,68 @@ def save_figure(fig, path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def loss_curve(metrics, keys=("loss",), title: str | None = None, smooth: int = 1, logy: bool = True):
+    """Plot training curves from a run: metrics is a run folder, a metrics.jsonl file
+    (written by train.train), or a list of row dicts. One panel per key, against step.
+
+    smooth > 1 adds a running mean over that many logged points; logy puts the
+    loss panels (keys containing "loss") on a log scale. Taught in
+    notebooks/07_scaling_up.ipynb.
+    """
+    from .train import read_metrics
+    rows = metrics if isinstance(metrics, list) else read_metrics(metrics)
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not rows or not keys:
+        raise ValueError("no metric rows to plot (is the run's metrics.jsonl empty?)")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        steps = [r["step"] for r in rows if key in r]
+        values = [r[key] for r in rows if key in r]
+        ax.plot(steps, values, lw=1, alpha=0.5 if smooth > 1 else 1.0, label=key)
+        if smooth > 1 and len(values) >= smooth:
+            kernel = np.ones(smooth) / smooth
+            ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), lw=2,
+                    label=f"mean of {smooth}")
+            ax.legend(fontsize=8)
+        if logy and "loss" in key and all(v > 0 for v in values):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def ddp_diagram(world_size: int = 3):
+    """A picture of one DistributedDataParallel step on `world_size` GPUs (ranks).
+
+    Each rank draws its own batch and computes its own gradients; an all-reduce
+    averages them, so every rank takes the same optimizer step. Taught in
+    notebooks/07_scaling_up.ipynb.
+    """
+    fig, ax = plt.subplots(figsize=(2.6 * world_size + 1, 4.6))
+    ax.set_xlim(0, world_size)
+    ax.set_ylim(0, 5.2)
+    ax.axis("off")
+    box = dict(boxstyle="round,pad=0.3", fc="#e8f0fe", ec="#3b6fd8")
+    rows = [(4.7, "rank {r}: GPU {r}\nown batch (seed + {r})"), (3.7, "forward + backward\n-> gradients g_{r}"),
+            (1.2, "optimizer step\nwith the same g"), (0.3, "identical weights\n(rank 0 saves them)")]
+    for r in range(world_size):
+        x = r + 0.5
+        for y, text in rows:
+            ax.text(x, y, text.format(r=r), ha="center", va="center", fontsize=9, bbox=box)
+        ax.annotate("", (x, 3.95), (x, 4.42), arrowprops=dict(arrowstyle="->"))
+        ax.annotate("", (x, 2.75), (x, 3.4), arrowprops=dict(arrowstyle="->", color="#c0392b"))
+        ax.annotate("", (x, 1.5), (x, 2.15), arrowprops=dict(arrowstyle="->", color="#c0392b"))
+        ax.annotate("", (x, 0.58), (x, 0.92), arrowprops=dict(arrowstyle="->"))
+    mean = " + ".join(f"g_{r}" for r in range(world_size))
+    ax.text(world_size / 2, 2.45, f"all-reduce (NCCL on GPUs, gloo on CPUs):  g = ({mean}) / {world_size}",
+            ha="center", va="center", fontsize=10,
+            bbox=dict(boxstyle="round,pad=0.5", fc="#fdecea", ec="#c0392b"))
+    ax.set_title("One DDP training step", fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError as SafetensorsError  # the class is SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 

@@ -1,0 +1,224 @@
+"""Samplers: turn pure noise x_T into data by running the learned reverse process.
+
+A sampler knows the schedule, not the network. Its `step(eps_pred, t, xt)`
+takes the network's noise prediction at timestep t and returns x at the
+previous timestep (and the current guess of x0). The loop that calls the
+network lives in `sample(eps_fn, sampler, xT)`, a dozen lines.
+
+    DDPMSampler   ancestral sampling, all T steps, fresh noise each step (DDPM Algorithm 2)
+    DDIMSampler   any number of steps; eta = 0 is deterministic, eta = 1 is DDPM again
+    classifier_free_guidance   wraps a conditional model into eps_fn (used in lesson 06)
+    img2img_start              SDEdit: start from a noised real image instead of pure noise
+
+Symbol map (the same for both samplers):
+
+    xt          x_t, the current sample             eps_pred   eps_theta(x_t, t)
+    x0_pred     predicted x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
+    prev_t      the next timestep in `timesteps` (t - 1 for DDPM; -1 means "x0")
+    sigma       std of the fresh noise added in this step
+
+Taught in notebooks/02_ddpm.ipynb (DDPM) and notebooks/03_ddim.ipynb (DDIM, eta, steps).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedule import NoiseSchedule
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x; drawn from `generator` (on its own device) when given."""
+    if generator is None:
+        return torch.randn_like(x)
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return noise.to(x.device)
+
+
+class _Sampler:
+    """What DDPM and DDIM share: the schedule, x0 from eps, optional clipping."""
+
+    def __init__(self, schedule: NoiseSchedule, clip_x0: bool = True):
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.clip_x0 = clip_x0
+        self.timesteps = torch.arange(schedule.num_timesteps - 1, -1, -1)  # overridden by DDIM
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def prev_timestep(self, t: int) -> int:
+        """The timestep after t in this sampler's (descending) list, or -1 after the last one."""
+        index = int((self.timesteps == t).nonzero()[0]) if (self.timesteps == t).any() else None
+        if index is None:
+            raise ValueError(f"timestep {t} is not one of this sampler's timesteps")
+        return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+
+    def _alpha_bar(self, t: int) -> float:
+        """alpha_bar_t as a Python float (float64 arithmetic); alpha_bar_{-1} = 1."""
+        return float(self.schedule.alpha_bar_f64[t]) if t >= 0 else 1.0
+
+    def _predict_x0(self, eps_pred, t: int, xt):
+        """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), clipped to [-1, 1] when clip_x0."""
+        alpha_bar = self._alpha_bar(t)
+        x0_pred = (xt - (1 - alpha_bar) ** 0.5 * eps_pred) / alpha_bar ** 0.5
+        return x0_pred.clamp(-1, 1) if self.clip_x0 else x0_pred
+
+    def _check_step(self, eps_pred, t, xt) -> int:
+        if eps_pred.shape != xt.shape:
+            raise ValueError(f"eps_pred shape {tuple(eps_pred.shape)} must equal xt shape {tuple(xt.shape)}")
+        t = int(t)
+        if not 0 <= t < self.schedule.num_timesteps:
+            raise ValueError(f"t must be in 0..{self.schedule.num_timesteps - 1}, got {t}")
+        return t
+
+
+class DDPMSampler(_Sampler):
+    """Ancestral sampling, DDPM Algorithm 2, over all T timesteps.
+
+    Each step samples the posterior q(x_{t-1} | x_t, x0 = x0_pred):
+
+        x_{t-1} = mean(x0_pred, x_t) + sqrt(beta_tilde_t) * z,   z ~ N(0, I)   (no noise at t = 0)
+
+    Without clipping this is exactly Algorithm 2's
+    x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_t) + sigma_t z
+    with sigma_t^2 = beta_tilde_t (the posterior variance).
+
+    Taught in notebooks/02_ddpm.ipynb.
+    """
+
+    def step(self, eps_pred: torch.Tensor, t: int, xt: torch.Tensor, generator=None):
+        """eps_pred, xt (B, ...), t an int -> (x_prev (B, ...), x0_pred (B, ...))."""
+        t = self._check_step(eps_pred, t, xt)
+        x0_pred = self._predict_x0(eps_pred, t, xt)
+        t_batch = torch.full((xt.shape[0],), t, dtype=torch.long)
+        mean, variance = self.schedule.posterior_mean_variance(x0_pred, xt, t_batch)
+        if t == 0:
+            return mean, x0_pred                      # the last step adds no noise
+        return mean + variance.sqrt() * _randn_like(xt, generator), x0_pred
+
+
+class DDIMSampler(_Sampler):
+    """DDIM (Song et al., 2021): jump between a subset of timesteps.
+
+    With tau = timesteps (descending) and prev_t the next one (alpha_bar_{-1} = 1):
+
+        1. x0_pred    = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)          (eq. 12, "predicted x0")
+        2. sigma      = eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t))
+                            * sqrt(1 - alpha_bar_t / alpha_bar_prev)                    (eq. 16)
+        3. direction  = sqrt(1 - alpha_bar_prev - sigma^2) * eps                        ("points to x_t")
+        4. x_prev     = sqrt(alpha_bar_prev) * x0_pred + direction + sigma * z
+
+    eta = 0: no fresh noise, the same x_T always gives the same image, and few
+    steps work well. eta = 1 over all T steps is DDPM's posterior step exactly.
+
+    Timesteps are spaced evenly and end-aligned ("trailing"): for 50 steps of
+    T = 1000, t = 999, 979, ..., 19, so sampling starts from pure noise.
+
+    Taught in notebooks/03_ddim.ipynb.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0, clip_x0: bool = True):
+        super().__init__(schedule, clip_x0)
+        T = schedule.num_timesteps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps must be an int in 1..{T} (the schedule's timesteps), got {num_steps!r}")
+        if not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+        self.num_steps, self.eta = num_steps, float(eta)
+        spacing = T / num_steps
+        steps = torch.arange(num_steps, dtype=torch.float64)
+        self.timesteps = (torch.round(T - steps * spacing) - 1).long()   # (S,) descending, starts at T-1
+
+    def step(self, eps_pred: torch.Tensor, t: int, xt: torch.Tensor, generator=None):
+        """eps_pred, xt (B, ...), t an int in self.timesteps -> (x_prev (B, ...), x0_pred (B, ...))."""
+        t = self._check_step(eps_pred, t, xt)
+        prev_t = self.prev_timestep(t)
+        alpha_bar, alpha_bar_prev = self._alpha_bar(t), self._alpha_bar(prev_t)
+        x0_pred = self._predict_x0(eps_pred, t, xt)                                          # 1.
+        sigma = self.eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5  # 2.
+        c = max(1 - alpha_bar_prev - sigma ** 2, 0.0) ** 0.5
+        # 3.-4. with eps re-derived from the (clipped) x0_pred, eps = (x_t - sqrt(alpha_bar_t) x0_pred)
+        # / sqrt(1 - alpha_bar_t), and the terms regrouped as a * x0_pred + b * x_t so that no small
+        # numbers are divided in float32 (the same numbers as DDPM's posterior mean when eta = 1).
+        b = c / (1 - alpha_bar) ** 0.5
+        a = alpha_bar_prev ** 0.5 - b * alpha_bar ** 0.5
+        x_prev = a * x0_pred + b * xt                 # = sqrt(alpha_bar_prev) x0_pred + c * eps
+        if sigma > 0 and prev_t >= 0:
+            x_prev = x_prev + sigma * _randn_like(xt, generator)
+        return x_prev, x0_pred
+
+
+def classifier_free_guidance(model, context, uncond_context, guidance_scale: float,
+                             context_mask=None, uncond_mask=None):
+    """Wrap a conditional denoiser into eps_fn(xt, t) with classifier-free guidance:
+
+        eps = eps_u + w * (eps_c - eps_u)      eps_c = model(x, t, context), eps_u = model(x, t, uncond)
+
+    w = 1 is the plain conditional model, w > 1 follows the prompt more closely
+    (at some cost in variety). Both predictions come from one batched forward of
+    [uncond; cond]. uncond_context may have batch size 1 (it is expanded).
+
+    context (B, L, D), uncond_context (B or 1, L, D), masks (B, L) bool (True = real token).
+    Taught in notebooks/06_latent_diffusion.ipynb.
+    """
+    B = context.shape[0]
+    uncond_context = uncond_context.expand(B, *uncond_context.shape[1:])
+    if context_mask is None and uncond_mask is None:
+        mask = None
+    else:
+        true_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        context_mask = true_mask if context_mask is None else context_mask.bool()
+        uncond_mask = true_mask if uncond_mask is None else uncond_mask.bool().expand(B, -1)
+        mask = torch.cat([uncond_mask, context_mask])                      # (2B, L)
+    both_context = torch.cat([uncond_context, context])                    # (2B, L, D)
+
+    def eps_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = model(torch.cat([xt, xt]), torch.cat([t, t]), context=both_context, context_mask=mask)
+        eps_u, eps_c = eps.chunk(2)                                         # (B, ...) each
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    return eps_fn
+
+
+@torch.no_grad()
+def sample(eps_fn, sampler: _Sampler, xT: torch.Tensor, generator=None, start_index: int = 0,
+           progress: bool = True, return_trajectory: bool = False):
+    """Run the reverse process from xT through sampler.timesteps[start_index:].
+
+    eps_fn(xt (B, ...), t (B,) long) -> eps_pred; usually `lambda x, t: model(x, t)`.
+    Returns x0 (B, ...), or (x0, trajectory) with trajectory = [xT, ..., x0] on the CPU.
+    """
+    timesteps = sampler.timesteps[start_index:]
+    xt, trajectory = xT, [xT.detach().cpu()]
+    for t in tqdm(timesteps.tolist(), desc=type(sampler).__name__, disable=not progress, leave=False):
+        t_batch = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
+        eps_pred = eps_fn(xt, t_batch)
+        xt, _ = sampler.step(eps_pred, t, xt, generator=generator)
+        if return_trajectory:
+            trajectory.append(xt.detach().cpu())
+    return (xt, trajectory) if return_trajectory else xt
+
+
+def img2img_start(sampler: _Sampler, x0: torch.Tensor, strength: float, generator=None, noise=None):
+    """SDEdit's start point: noise a real x0 part of the way and denoise from there.
+
+    strength in [0, 1] is the fraction of the sampler's steps to run: 1 starts
+    from (almost) pure noise and ignores the image, 0 returns x0 unchanged.
+    Returns (xt, start_index) for sample(..., xt, start_index=start_index).
+
+    Taught in notebooks/06_latent_diffusion.ipynb.
+    """
+    if not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be a number in [0, 1] (0 = keep the image, 1 = ignore it), "
+                         f"got {strength!r}")
+    num = len(sampler.timesteps)
+    steps_to_run = int(round(float(strength) * num))
+    start_index = num - steps_to_run
+    if steps_to_run == 0:
+        return x0, start_index
+    t = int(sampler.timesteps[start_index])
+    noise = _randn_like(x0, generator) if noise is None else noise
+    t_batch = torch.full((x0.shape[0],), t, dtype=torch.long)
+    return sampler.schedule.q_sample(x0, t_batch, noise), start_index

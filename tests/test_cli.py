@@ -1,0 +1,49 @@
+"""The command line: the demo works before and after training, and bad input gets a clear error."""
+import subprocess
+import sys
+
+import pytest
+
+from minildm.__main__ import main
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "minildm", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_writes_a_picture_and_says_how_to_open_the_course(tmp_path):
+    out = tmp_path / "demo.png"
+    result = run_cli("demo", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "jupyter lab notebooks/00_welcome.ipynb" in result.stdout
+
+
+def test_data_preview(tmp_path):
+    out = tmp_path / "p.png"
+    assert main(["data", "preview", "--out", str(out), "-n", "4", "--resolution", "64"]) == 0
+    assert out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "vae", "--steps", "-5"], "positive whole number"),
+    (["train", "vae", "--steps", "ten"], "positive whole number"),
+    (["train", "vae", "--preset", "huge"], "invalid choice"),
+    (["train", "unicorn"], "invalid choice"),
+    (["train", "vae", "--lr", "nan"], "positive"),
+    (["data", "preview", "--resolution", "48"], "invalid choice"),
+    (["generate", "a red circle", "--seed", "-1"], "seed"),
+    (["generate", "a red circle", "-n", "0"], "positive whole number"),
+])
+def test_bad_flags_are_rejected_with_what_is_allowed(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    for command in ("demo", "train", "evaluate", "generate", "img2img", "bench", "course", "data"):
+        assert command in result.stdout

@@ -1,0 +1,176 @@
+"""TinyVAE: shapes, the KL formula, scaling, weights I/O, input errors, the tiny recipe."""
+import json
+
+import pytest
+import torch
+
+from minildm.data import shapes
+from minildm.vae import (PRESETS, TinyVAE, VAEConfig, evaluate, fit, kl_divergence, reparameterize,
+                         vae_loss)
+from minildm.weights_io import PACKAGE_WEIGHTS, WeightsError
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> TinyVAE:
+    torch.manual_seed(0)
+    return TinyVAE(VAEConfig(base_channels=8, **kw)).eval()
+
+
+@pytest.mark.parametrize("size, downsample, mult", [(32, 4, (1, 2, 2)), (64, 4, (1, 2, 2)),
+                                                      (32, 8, (1, 2, 2, 2)), (64, 8, (1, 2, 2, 2))])
+def test_encode_decode_shapes(size, downsample, mult):
+    vae = tiny(image_size=size, downsample=downsample, channel_mult=mult)
+    images = shapes.sample_batch(3, resolution=size, seed=0)[0]
+    z = vae.encode(images)
+    assert z.shape == (3, 4, size // downsample, size // downsample)
+    out = vae.decode(z)
+    assert out.shape == (3, 3, size, size)
+    assert out.min() >= 0 and out.max() <= 1
+    reconstruction, mean, logvar = vae(images)
+    assert reconstruction.shape == images.shape and mean.shape == logvar.shape == z.shape
+    assert vae.config.compression == 3 * size * size / z[0].numel()
+
+
+def test_kl_of_prior_is_zero_and_matches_torch_distributions():
+    zeros = torch.zeros(2, 4, 8, 8)
+    assert torch.equal(kl_divergence(zeros, zeros), torch.zeros(2))
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    q = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    want = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
+    torch.testing.assert_close(kl_divergence(mean, logvar), want)
+    assert (kl_divergence(mean, logvar) > 0).all()
+
+
+def test_reparameterize_statistics_and_generator():
+    mean, logvar = torch.full((20000,), 2.0), torch.full((20000,), 2 * torch.log(torch.tensor(0.5)))
+    z = reparameterize(mean, logvar, generator=torch.Generator().manual_seed(0))
+    assert abs(z.mean() - 2.0) < 0.02 and abs(z.std() - 0.5) < 0.02
+    z2 = reparameterize(mean, logvar, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z, z2)
+
+
+def test_encode_sample_uses_generator_and_mean_is_default():
+    vae = tiny()
+    images = shapes.sample_batch(2, seed=1)[0]
+    a = vae.encode(images, sample=True, generator=torch.Generator().manual_seed(3))
+    b = vae.encode(images, sample=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    mean = vae.encode(images)
+    assert not torch.equal(a, mean)
+    torch.testing.assert_close(mean, vae.encode_distribution(images)[0] * vae.config.scale_factor)
+
+
+def test_scale_factor_scales_encode_and_decode():
+    vae = tiny()
+    images = shapes.sample_batch(2, seed=1)[0]
+    with torch.no_grad():
+        z1, out1 = vae.encode(images), vae.decode(vae.encode(images))
+        vae.config.scale_factor = 3.0
+        z3, out3 = vae.encode(images), vae.decode(vae.encode(images))
+    torch.testing.assert_close(z3, 3 * z1)
+    torch.testing.assert_close(out3, out1)
+
+
+def test_vae_loss_is_mse_plus_weighted_kl():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 32, 32, generator=g)
+    recon = torch.rand(2, 3, 32, 32, generator=g)
+    mean, logvar = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    loss, parts = vae_loss(recon, images, mean, logvar, kl_weight=0.01)
+    want = ((recon - images) ** 2).mean() + 0.01 * kl_divergence(mean, logvar).mean()
+    torch.testing.assert_close(loss, want)
+    assert parts["kl"] == pytest.approx(kl_divergence(mean, logvar).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.rand(2, 1, 32, 32), r"shape \(B, 3, 32, 32\)"),
+    (torch.rand(2, 3, 64, 64), r"shape \(B, 3, 32, 32\)"),
+    (torch.rand(3, 32, 32), r"shape \(B, 3, 32, 32\)"),
+    (torch.rand(2, 3, 32, 32) * 255, r"in \[0, 1\]"),
+    (torch.rand(2, 3, 32, 32) * 2 - 1, r"in \[0, 1\]"),
+    (torch.full((1, 3, 32, 32), float("nan")), r"in \[0, 1\]"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float"),
+    ("not a tensor", "torch.Tensor"),
+])
+def test_bad_images_raise_clear_value_error(bad, message):
+    vae = tiny()
+    with pytest.raises(ValueError, match=message):
+        vae.encode(bad)
+
+
+def test_bad_latents_raise_clear_value_error():
+    vae = tiny()
+    with pytest.raises(ValueError, match=r"latents must have shape \(B, 4, 8, 8\)"):
+        vae.decode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="latents must have shape"):
+        vae.decode(torch.zeros(1, 4, 16, 16))
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError, match="power of 2"):
+        VAEConfig(downsample=3)
+    with pytest.raises(ValueError, match="channel_mult"):
+        VAEConfig(downsample=8, channel_mult=(1, 2, 2))
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = tiny()
+    vae.config.scale_factor = 0.7
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = TinyVAE.from_pretrained(tmp_path / "vae")
+    assert loaded.config == vae.config
+    images = shapes.sample_batch(4, seed=2)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(images), vae.encode(images))
+        torch.testing.assert_close(loaded.decode(loaded.encode(images)), vae.decode(vae.encode(images)))
+
+
+def test_corrupt_or_wrong_weights_give_weights_error(tmp_path):
+    vae = tiny()
+    folder = vae.save_pretrained(tmp_path / "vae")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])       # truncated
+    with pytest.raises(WeightsError, match="truncated or not a safetensors"):
+        TinyVAE.from_pretrained(folder)
+    # a valid file from another architecture (wider channels)
+    TinyVAE(VAEConfig(base_channels=16)).save_pretrained(tmp_path / "wide")
+    (folder / "model.safetensors").write_bytes((tmp_path / "wide" / "model.safetensors").read_bytes())
+    with pytest.raises(WeightsError, match="wrong shape"):
+        TinyVAE.from_pretrained(folder)
+    with pytest.raises(WeightsError, match="not found"):
+        TinyVAE.from_pretrained(tmp_path / "missing")
+    (folder / "config.json").write_text(json.dumps({"image_size": 32, "bogus": 1}))
+    with pytest.raises(WeightsError, match="unknown fields"):
+        TinyVAE.from_pretrained(folder)
+
+
+@pytest.mark.skipif(not (PACKAGE_WEIGHTS / "vae" / "model.safetensors").exists(),
+                    reason="shipped VAE weights not trained yet")
+def test_shipped_weights_unit_variance_latents_and_reconstruction():
+    vae = TinyVAE.from_pretrained()
+    images = shapes.sample_batch(256, "test", seed=7)[0]
+    with torch.no_grad():
+        z = vae.encode(images)
+        out = vae.decode(z)
+    assert 0.85 < z.std().item() < 1.15            # the scale factor makes latents ~unit variance
+    assert abs(z.mean().item()) < 0.5
+    mse = ((out - images) ** 2).mean().item()
+    assert mse < 10 ** (-2.8)                       # PSNR > 28 dB on a small fresh batch
+    assert (PACKAGE_WEIGHTS / "vae" / "model.safetensors").stat().st_size < 3.2e6
+
+
+def test_tiny_recipe_trains_saves_and_evaluates(tmp_path):
+    vae = fit("tiny", out_dir=tmp_path / "weights", run_dir=tmp_path / "runs", steps=20, progress=False)
+    folder = tmp_path / "weights" / "vae"
+    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["scale_factor"] == pytest.approx(vae.config.scale_factor) and config["scale_factor"] != 1.0
+    lines = (tmp_path / "runs" / "vae" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 20
+    result = evaluate(folder, quick=True, n=32)
+    assert result["compression_ratio"] == 12.0 and result["latent_shape"] == [4, 8, 8]
+    assert 0 <= result["test"]["judge_all_four"] <= 1 and result["test"]["psnr_db"] > 0
+    assert PRESETS["gpu"].model.image_size == 64
