@@ -32,6 +32,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -60,15 +61,16 @@ class _Captured(Exception):
 
 
 @contextlib.contextmanager
-def _record_train_calls(module, jobs: list):
-    """Replace train.train (as seen by `module` and by minildm.train) with a recorder."""
+def _record_train_calls(jobs: list):
+    """Replace train.train, wherever a minildm module holds it, with a recorder."""
     real = training.train
 
     def recorder(model, loss_fn, sample_batch, cfg, name="model"):
         jobs.append(Job(model, loss_fn, sample_batch, cfg))
         raise _Captured
 
-    patched = [(training, "train")] + [(module, k) for k, v in vars(module).items() if v is real]
+    patched = [(m, k) for m in list(sys.modules.values())
+               if getattr(m, "__name__", "").startswith("minildm") for k, v in vars(m).items() if v is real]
     for owner, attr in patched:
         setattr(owner, attr, recorder)
     try:
@@ -80,9 +82,12 @@ def _record_train_calls(module, jobs: list):
 
 def capture_job(name: str, preset: str, device: str) -> Job:
     """The (model, loss_fn, sample_batch, cfg) that `<module>.fit(preset)` trains."""
+    for other in MODELS.values():  # import them all now, not while train.train is replaced
+        with contextlib.suppress(Exception):
+            importlib.import_module(other)
     module = importlib.import_module(MODELS[name])
     jobs: list[Job] = []
-    with tempfile.TemporaryDirectory() as tmp, _record_train_calls(module, jobs), \
+    with tempfile.TemporaryDirectory() as tmp, _record_train_calls(jobs), \
             contextlib.redirect_stdout(io.StringIO()):
         try:
             module.fit(preset=preset, out_dir=os.path.join(tmp, "w"), run_dir=os.path.join(tmp, "r"),
@@ -119,13 +124,18 @@ def _loss_of(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def step_flops(job: Job, device: torch.device) -> int:
-    """FLOPs of one training step of the model: loss forward + backward on one batch."""
+def step_flops(job: Job, device: torch.device, count_batch: int = 8) -> int:
+    """FLOPs of one training step of the model: loss forward + backward on one batch.
+
+    Counted on `count_batch` samples and scaled to the preset's batch size (every
+    layer here works on each sample separately, so FLOPs grow linearly with the batch).
+    """
     model = copy.deepcopy(job.model).to(device).train()
-    batch = job.sample_batch(job.cfg.batch_size, torch.Generator().manual_seed(0), device)
+    n = min(count_batch, job.cfg.batch_size)
+    batch = job.sample_batch(n, torch.Generator().manual_seed(0), device)
     with FlopCounterMode(display=False) as counter:
         _loss_of(job.loss_fn(model, batch)).backward()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops() * job.cfg.batch_size / n)
 
 
 def time_training(job: Job, device: torch.device, steps: int, precision="fp32", compile=False) -> dict:
@@ -233,6 +243,9 @@ def machine(device: torch.device) -> dict:
 def run(quick: bool = False, device: str = "auto", models=None) -> dict:
     """All benchmarks -> a JSON-able dict (see the module docstring)."""
     dev = training.pick_device(device)
+    if dev.type == "cuda":  # as train() does: fp32 matmuls on tensor cores (TF32), here too
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     t0 = time.perf_counter()
     peak = {"fp32": matmul_flops(dev, torch.float32, quick)}
     if dev.type == "cuda":

@@ -35,11 +35,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,7 +122,10 @@ class Block(nn.Module):
 # Text encoder
 
 class TextTransformer(nn.Module):
-    """Token + positional embeddings -> causal pre-LN blocks -> final LayerNorm."""
+    """Token + positional embeddings -> causal pre-LN blocks -> final LayerNorm.
+
+    Taught in notebooks/04_clip.ipynb.
+    """
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -185,7 +186,10 @@ class AttentionPool2d(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """stem conv -> residual stages (each halves the side) -> attention pooling."""
+    """stem conv -> residual stages (each halves the side) -> attention pooling.
+
+    Taught in notebooks/04_clip.ipynb.
+    """
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -209,7 +213,10 @@ class ResNetEncoder(nn.Module):
 # Image encoder 2: a small Vision Transformer
 
 class VisionTransformer(nn.Module):
-    """Patches -> tokens (+ a class token, + positions) -> pre-LN blocks -> class token."""
+    """Patches -> tokens (+ a class token, + positions) -> pre-LN blocks -> class token.
+
+    Taught in notebooks/04_clip.ipynb.
+    """
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
@@ -321,6 +328,8 @@ def clip_loss(logits_per_image: torch.Tensor, labels: torch.Tensor | None = None
     The target of row i is column i. With `labels` (B, 4), pairs whose labels
     are equal also count as matches (two images of "a small red circle on the
     left" in one batch are not a mistake), and the target spreads evenly over them.
+
+    Taught in notebooks/04_clip.ipynb.
     """
     B = logits_per_image.shape[0]
     if logits_per_image.ndim != 2 or logits_per_image.shape[1] != B:
@@ -362,6 +371,8 @@ def random_square_crop(images: torch.Tensor, generator: torch.Generator | None =
     the object whole and its centre inside the same cell (else no crop). A
     horizontal flip would turn "on the left" into "on the right": never flip.
     keep_cell=False shows what goes wrong.
+
+    Taught in notebooks/04_clip.ipynb.
     """
     from torchvision.transforms.v2 import functional as TF
     n, _, size, _ = images.shape
@@ -476,19 +487,25 @@ def zero_shot_predict(model: MiniCLIP, images: torch.Tensor, task: str = "captio
     """Predict a class per image (N,): the class whose prompts are most similar to the image.
 
     task "caption" -> index into shapes.all_captions(); an attribute -> its value index
-    (e.g. into shapes.COLOR_NAMES).
+    (e.g. into shapes.COLOR_NAMES). Taught in notebooks/04_clip.ipynb.
     """
     classifier = classifier or zero_shot_classifier(model, task)
     return classifier.scores(embed_images(model, images)).argmax(dim=1)
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model: MiniCLIP, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Top-1 accuracy over the 324 captions ("caption") and per attribute."""
+def zero_shot_accuracy(model: MiniCLIP, images: torch.Tensor, labels: torch.Tensor,
+                       classifiers: dict | None = None) -> dict:
+    """Top-1 accuracy over the 324 captions ("caption") and per attribute.
+
+    classifiers: optional {task: ZeroShotClassifier} computed once, to reuse.
+    """
     emb = embed_images(model, images)                                     # (N, D)
+    classifiers = classifiers or {}
     out = {}
     for task in ZERO_SHOT_TASKS:
-        pred = zero_shot_classifier(model, task).scores(emb).argmax(1)
+        classifier = classifiers.get(task) or zero_shot_classifier(model, task)
+        pred = classifier.scores(emb).argmax(1)
         target = shapes.caption_index(labels) if task == "caption" else labels[:, shapes.ATTRIBUTES.index(task)]
         out[task] = (pred == target).float().mean().item()
     return out
@@ -502,12 +519,14 @@ def linear_probe(model: MiniCLIP, train_images: torch.Tensor, train_labels: torc
     """Logistic regression on frozen image features, one per attribute -> test accuracy.
 
     The probe asks what the image encoder *knows*, independently of the text side.
+    Taught in notebooks/04_clip.ipynb.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    scaler = StandardScaler().fit(embed_images(model, train_images, features=True).numpy())
-    x_train = scaler.transform(embed_images(model, train_images, features=True).numpy())
-    x_test = scaler.transform(embed_images(model, test_images, features=True).numpy())
+    x_train = embed_images(model, train_images, features=True).numpy()      # (N, width), frozen
+    x_test = embed_images(model, test_images, features=True).numpy()
+    scaler = StandardScaler().fit(x_train)                                   # zero mean, unit variance
+    x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     out = {}
     for a, name in enumerate(shapes.ATTRIBUTES):
         clf = LogisticRegression(C=C, max_iter=2000).fit(x_train, train_labels[:, a].numpy())
@@ -521,7 +540,7 @@ def retrieval_recall(model: MiniCLIP, images: torch.Tensor, captions: list[str],
     """Image->text and text->image recall@k over N pairs.
 
     A hit is a retrieved item with the same labels as the query's partner (the
-    same caption may be paired with several images).
+    same caption may be paired with several images). Taught in notebooks/04_clip.ipynb.
     """
     device = next(model.parameters()).device
     sim = embed_images(model, images) @ model.encode_text(text.tokenize(captions).to(device)).cpu().T  # (N, N)
@@ -545,6 +564,7 @@ class CLIPPreset:
     train: TrainConfig
     min_crop_scale: float = 0.85         # random square crop side in [min_crop_scale, 1] x image
     crop_probability: float = 0.5        # fraction of a batch that gets cropped
+    crop_keep_cell: bool = True          # only crops that keep the caption true (False: see what breaks)
 
 
 PRESETS = {
@@ -564,6 +584,7 @@ PRESETS = {
 }
 
 MODEL_OVERRIDES = tuple(f.name for f in dataclasses.fields(CLIPConfig))  # fit() accepts these too
+CROP_OVERRIDES = ("min_crop_scale", "crop_probability", "crop_keep_cell")  # ... and these
 
 
 def make_sample_batch(preset: CLIPPreset):
@@ -575,7 +596,8 @@ def make_sample_batch(preset: CLIPPreset):
         images, captions, labels = shapes.sample_batch(batch_size, "train", size, seed=seed, paraphrases=True)
         crop = torch.rand(batch_size, generator=generator) < preset.crop_probability
         if crop.any():
-            images[crop] = random_square_crop(images[crop], generator, preset.min_crop_scale)
+            images[crop] = random_square_crop(images[crop], generator, preset.min_crop_scale,
+                                              keep_cell=preset.crop_keep_cell)
         return images.to(device), text.tokenize(captions).to(device), labels.to(device)
 
     return sample_batch
@@ -594,14 +616,20 @@ def loss_fn(model: MiniCLIP, batch):
 def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> MiniCLIP:
     """Train MiniCLIP with a preset and write out_dir/clip/{config.json, model.safetensors}.
 
-    overrides: TrainConfig fields (steps, lr, ...) or CLIPConfig fields (image_encoder="vit", ...).
+    overrides: TrainConfig fields (steps, lr, ...), CLIPConfig fields (image_encoder="vit", ...)
+    or the crop settings (crop_keep_cell=False, ...).
     Shipped weights: `python -m minildm train clip --preset cpu --out minildm/weights`.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     model_over = {k: overrides.pop(k) for k in MODEL_OVERRIDES if k in overrides}
-    p = dataclasses.replace(p, model=dataclasses.replace(p.model, **model_over))
+    crop_over = {k: overrides.pop(k) for k in CROP_OVERRIDES if k in overrides}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if set(overrides) - train_fields:
+        raise ValueError(f"unknown overrides {sorted(set(overrides) - train_fields)}; allowed: TrainConfig "
+                         f"fields {sorted(train_fields)}, CLIPConfig fields and {list(CROP_OVERRIDES)}")
+    p = dataclasses.replace(p, model=dataclasses.replace(p.model, **model_over), **crop_over)
     train_cfg = dataclasses.replace(p.train, **overrides)
     if run_dir is not None:
         train_cfg = dataclasses.replace(train_cfg, out_dir=str(Path(run_dir) / "clip"))
@@ -634,6 +662,7 @@ def evaluate(weights=None, quick: bool = False, model: MiniCLIP | None = None) -
     """Zero-shot (324 captions and per attribute), linear probe, retrieval; seen and held-out pairs.
 
     `python -m minildm evaluate clip` (the shipped weights) or `--weights DIR`.
+    Results: docs/results_clip.md. Taught in notebooks/04_clip.ipynb.
     """
     torch.manual_seed(0)
     model_given = model

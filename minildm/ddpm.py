@@ -6,7 +6,8 @@ Training a denoiser is one line of math (DDPM Algorithm 1):
     x0 ~ data,  t ~ Uniform{0..T-1},  eps ~ N(0, I)
     loss = || eps - eps_theta( sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps,  t ) ||^2
 
-which is `diffusion_loss`. Everything else here plugs it into the one training
+which is `diffusion_loss`. (The shipped pixel UNet learns the equivalent "v" target
+instead, see EpsFromV; the samplers still receive eps.) Everything else here plugs it into the one training
 loop (train.train): `fit_points` for the 2-D MLP (seconds), `fit` for the pixel
 UNet (minutes on a CPU; the shipped weights in minildm/weights/pixel_unet/ come
 from the cpu preset), and `evaluate`, which samples images and grades them with
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import train as training
 from .data import judge as judge_module
@@ -37,7 +39,8 @@ from .unet import MLPConfig, MLPDenoiser, UNet, UNetConfig
 from .weights_io import WeightsError, resolve_folder
 
 NAME = "pixel_unet"
-SCHEDULE_FILE = "schedule.json"  # next to config.json: which NoiseSchedule the weights were trained with
+SCHEDULE_FILE = "schedule.json"  # next to config.json: the NoiseSchedule and prediction the weights were trained with
+PREDICTIONS = ("eps", "v")       # what the network outputs: the noise, or v (see NoiseSchedule.velocity)
 
 
 # ----------------------------------------------------------------------------
@@ -45,13 +48,16 @@ SCHEDULE_FILE = "schedule.json"  # next to config.json: which NoiseSchedule the 
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context=None, context_mask=None,
                    t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, snr_gamma: float | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, snr_gamma: float | None = None,
+                   prediction: str = "eps") -> torch.Tensor:
     """The simple DDPM loss: mean squared error between the added noise and its prediction.
 
     x0: (B, ...) clean data (images in [-1, 1], latents, or 2-D points);
     context (B, L, D) and context_mask (B, L) are passed to the model when given.
     t (B,) and noise (like x0) may be given for a deterministic loss; otherwise
     t ~ Uniform{0..T-1} and noise ~ N(0, I) are drawn (from `generator` if given).
+    prediction: "eps" (the target is the noise, DDPM) or "v" (the target is
+    schedule.velocity(x0, t, noise); wrap the trained model with EpsFromV to sample).
     snr_gamma (optional, "min-SNR weighting", Hang et al. 2023): weight each example's
     error by min(SNR(t), gamma) / SNR(t). The plain eps loss spends most of its effort on
     nearly clean x_t (high SNR), where the details are easy; capping the weight there
@@ -67,17 +73,52 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context=Non
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
                             device=generator.device if generator is not None else x0.device).to(x0.device)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     xt = schedule.q_sample(x0, t, noise)                              # (B, ...)
+    target = noise if prediction == "eps" else schedule.velocity(x0, t, noise)
     if context is None:
-        eps_pred = model(xt, t)
+        pred = model(xt, t)
     else:
-        eps_pred = model(xt, t, context=context, context_mask=context_mask)
+        pred = model(xt, t, context=context, context_mask=context_mask)
     if snr_gamma is None:
-        return F.mse_loss(eps_pred.float(), noise.float())
-    per_example = ((eps_pred.float() - noise.float()) ** 2).flatten(1).mean(dim=1)   # (B,)
+        return F.mse_loss(pred.float(), target.float())
+    per_example = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)   # (B,)
     snr = schedule.snr(t).to(per_example.device)
     weight = snr.clamp(max=snr_gamma) / snr                                        # (B,), <= 1
     return (weight * per_example).mean()
+
+
+class EpsFromV(nn.Module):
+    """Wrap a v-predicting network so that it predicts eps, like every sampler expects:
+
+        eps = sqrt(alpha_bar_t) * v + sqrt(1 - alpha_bar_t) * x_t
+
+    The shipped pixel UNet predicts v: an undertrained eps-network makes speckled
+    images with few DDIM steps, because near t = T the image is recovered from
+    x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), dividing a tiny error
+    by sqrt(alpha_bar_t) ~ 0.006. A v-network predicts that image directly.
+    Taught in notebooks/02_ddpm.ipynb.
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule):
+        super().__init__()
+        self.model, self.schedule = model, schedule
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, xt, t, **kwargs):
+        v = self.model(xt, t, **kwargs)
+        return self.schedule.eps_from_v(xt, t, v)
+
+
+def as_eps_model(model: nn.Module, schedule: NoiseSchedule, prediction: str) -> nn.Module:
+    """The model itself for prediction="eps"; EpsFromV(model, schedule) for "v"."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    return model if prediction == "eps" else EpsFromV(model, schedule).eval()
 
 
 # ----------------------------------------------------------------------------
@@ -121,7 +162,8 @@ class PixelPreset:
     num_timesteps: int = 1000                           # T
     resolution: int = 32                                # Shapes image side (32 or 64)
     eval_samples: int = 200                             # images sampled by evaluate() per sampler
-    snr_gamma: float | None = 5.0                       # min-SNR loss weighting (None = plain DDPM loss)
+    prediction: str = "v"                               # network output: "v" (stable with few DDIM steps) or "eps"
+    snr_gamma: float | None = None                      # min-SNR loss weighting (None = plain MSE)
 
 
 PRESETS = {
@@ -164,34 +206,45 @@ def shapes_batch_fn(resolution: int = 32):
     return sample_batch
 
 
-def save_schedule(schedule: NoiseSchedule, folder) -> None:
+def save_schedule(schedule: NoiseSchedule, folder, prediction: str = "eps") -> None:
+    """Write folder/schedule.json: the schedule and the prediction type the weights go with."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / SCHEDULE_FILE).write_text(
-        json.dumps({"kind": schedule.kind, "num_timesteps": schedule.num_timesteps}) + "\n")
+    (Path(folder) / SCHEDULE_FILE).write_text(json.dumps(
+        {"kind": schedule.kind, "num_timesteps": schedule.num_timesteps, "prediction": prediction}) + "\n")
 
 
-def load_schedule(folder) -> NoiseSchedule:
-    """The NoiseSchedule saved next to a model (linear, 1000 when the file is absent)."""
+def load_schedule(folder) -> tuple[NoiseSchedule, str]:
+    """(NoiseSchedule, prediction) saved next to a model (linear, 1000, eps when the file is absent)."""
     path = Path(folder) / SCHEDULE_FILE
     if not path.exists():
-        return NoiseSchedule("linear", 1000)
+        return NoiseSchedule("linear", 1000), "eps"
     try:
         fields = json.loads(path.read_text())
-        return NoiseSchedule(fields["kind"], int(fields["num_timesteps"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"{path} should hold {{'kind': 'linear'|'cosine', 'num_timesteps': int}} ({err})")
+        prediction = fields.get("prediction", "eps")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}")
+        return NoiseSchedule(fields["kind"], int(fields["num_timesteps"])), prediction
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise WeightsError(f"{path} should hold {{'kind': 'linear'|'cosine', 'num_timesteps': int, "
+                           f"'prediction': 'eps'|'v'}} ({err})") from err
 
 
 def load_pixel_unet(weights=None, device="cpu"):
-    """(UNet, NoiseSchedule) from a folder written by fit (None -> the shipped minildm/weights/pixel_unet/)."""
+    """(eps_model, NoiseSchedule) from a folder written by fit (None -> the shipped minildm/weights/pixel_unet/).
+
+    eps_model(xt, t) predicts the noise whatever the network was trained to output
+    (a v-network comes wrapped in EpsFromV; the UNet itself is eps_model.model then).
+    """
     folder = resolve_folder(weights, NAME)
-    return UNet.from_pretrained(folder, device=device), load_schedule(folder)
+    schedule, prediction = load_schedule(folder)
+    return as_eps_model(UNet.from_pretrained(folder, device=device), schedule, prediction), schedule
 
 
-def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **overrides) -> UNet:
+def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **overrides) -> nn.Module:
     """Train the pixel UNet on Shapes through train.train and save it to out_dir/pixel_unet/.
 
     overrides are TrainConfig fields (steps, batch_size, lr, device, ...).
+    Returns the trained model as an eps-predictor (EpsFromV around the UNet for a v preset).
     Taught in notebooks/02_ddpm.ipynb.
     """
     p = get_preset(preset)
@@ -199,16 +252,18 @@ def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **
     device = training.pick_device(cfg.device)
     schedule = NoiseSchedule(p.schedule, p.num_timesteps).to(device)
     model = UNet(p.model)
-    result = training.train(model, lambda m, x0: diffusion_loss(m, schedule, x0, snr_gamma=p.snr_gamma),
+    result = training.train(model, lambda m, x0: diffusion_loss(m, schedule, x0, snr_gamma=p.snr_gamma,
+                                                                 prediction=p.prediction),
                             shapes_batch_fn(p.resolution), cfg, name=NAME)
     model = result.model.cpu()
     if out_dir:
         folder = Path(out_dir) / NAME
         model.save_pretrained(folder)
-        save_schedule(schedule, folder)
+        save_schedule(schedule, folder, p.prediction)
         print(f"[{NAME}] wrote {folder}/ ({sum(x.numel() for x in model.parameters()):,} parameters)")
     print(f"[{NAME}] trained {result.steps_run} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s) on {device}")
+    model = as_eps_model(model, schedule.to("cpu"), p.prediction)
     model.train_seconds, model.images_per_second = result.seconds, result.images_per_second
     return model
 

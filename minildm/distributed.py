@@ -146,6 +146,18 @@ def gather(obj, info: DistInfo) -> list:
     return out
 
 
+def sync_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every rank.
+
+    DDP keeps the *parameters* identical, but each rank updates its BatchNorm
+    running statistics with its own batch; at the end of training rank 0's
+    (the ones it saved) become everyone's.
+    """
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     """Wait until every rank gets here."""
     if info.enabled:

@@ -49,7 +49,7 @@ from torch import nn
 
 from .data import shapes
 from .data.judge import attribute_accuracy, judge
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, extract
 from .samplers import DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start, sample
 from .text import PAD_ID, PromptError, tokenize
 from .train import TrainConfig, pick_device, train
@@ -71,6 +71,7 @@ class PipelineConfig:
     latent_channels: int = 4        # VAE latent channels
     latent_size: int = 8            # VAE latent side (32 / 4)
     image_size: int = 32            # pixel side the VAE works at
+    latent_clip: float = 0.0        # keep predicted z0 in [-latent_clip, latent_clip] (0 = off); see clip_x0
     vae_fingerprint: str = ""       # sha256 prefix of the VAE weights used in training ("" = unknown)
     clip_fingerprint: str = ""      # same for the CLIP weights
 
@@ -162,6 +163,23 @@ def fingerprint(folder) -> str:
     if not path.is_file():
         return ""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def clip_x0(eps_fn, schedule: NoiseSchedule, limit: float):
+    """Wrap eps_fn so the z0 it implies stays in [-limit, limit] (static thresholding for latents).
+
+    The sampler turns eps into z0_pred = (zt - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
+    Near t = T the cosine schedule's alpha_bar_T is ~1e-9, so a tiny error in eps becomes a
+    huge z0_pred. Pixel models clip x0 to [-1, 1]; latents have no fixed range, so the
+    limit is the largest |z0| seen on the training data (PipelineConfig.latent_clip).
+    We clip z0 and hand the sampler the eps consistent with it.
+    """
+    def clipped(zt, t):
+        eps = eps_fn(zt, t)
+        alpha_bar = extract(schedule.alpha_bar, t, zt.shape)                 # (B, 1, 1, 1)
+        z0 = ((zt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()).clamp(-limit, limit)
+        return (zt - alpha_bar.sqrt() * z0) / (1 - alpha_bar).sqrt()
+    return clipped
 
 
 # ----------------------------------------------------------------------------
@@ -299,6 +317,8 @@ class LatentDiffusionPipeline:
         uncond, uncond_mask = self.encode_prompts(negative)
         eps_fn = classifier_free_guidance(self.unet, context, uncond, guidance_scale,
                                           context_mask=mask, uncond_mask=uncond_mask)
+        if self.config.latent_clip > 0:
+            eps_fn = clip_x0(eps_fn, self.schedule, self.config.latent_clip)
         generator = torch.Generator().manual_seed(seed)              # CPU: same noise on every device
         return prompts, eps_fn, self.make_sampler(sampler, num_steps), generator
 
@@ -479,7 +499,9 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     sample_batch = latent_batch_fn(vae, clip, recipe.prompt_dropout, vae.config.image_size,
                                    recipe.latent_pool, pool_seed=cfg.seed + 1)
     result = train(UNet(unet_config), loss_fn, sample_batch, cfg, name=NAME)
+    probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]  # for latent_clip
     config = PipelineConfig(schedule=recipe.schedule, num_timesteps=schedule.num_timesteps,
+                            latent_clip=round(float(probe.abs().max()) * 1.1, 2),
                             latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
                             image_size=vae.config.image_size, vae_fingerprint=fingerprint(vae_dir), clip_fingerprint=fingerprint(clip_dir))
     pipe = LatentDiffusionPipeline(vae, clip, result.model.eval(), config,

@@ -50,9 +50,10 @@ class _Sampler:
 
     def prev_timestep(self, t: int) -> int:
         """The timestep after t in this sampler's (descending) list, or -1 after the last one."""
-        index = int((self.timesteps == t).nonzero()[0]) if (self.timesteps == t).any() else None
-        if index is None:
+        matches = (self.timesteps == t).nonzero()
+        if len(matches) == 0:
             raise ValueError(f"timestep {t} is not one of this sampler's timesteps")
+        index = int(matches[0])
         return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
 
     def _alpha_bar(self, t: int) -> float:

@@ -188,6 +188,26 @@ class NoiseSchedule:
         alpha_bar = extract(self.alpha_bar.to(xt.device), t.to(xt.device), xt.shape)
         return (xt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
+    def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The "v" target (Salimans & Ho, 2022): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0.
+
+        v is the noise at low t and minus the image at high t, so a network predicting
+        v never has to pull a whole image out of a tiny difference (which eps does near t = T).
+        """
+        t = self._check_t(t)
+        if t.numel() == 1:
+            t = t.expand(x0.shape[0])
+        alpha_bar = extract(self.alpha_bar.to(x0.device), t.to(x0.device), x0.shape)
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+    def eps_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The noise implied by a v prediction: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t."""
+        t = self._check_t(t)
+        if t.numel() == 1:
+            t = t.expand(xt.shape[0])
+        alpha_bar = extract(self.alpha_bar.to(xt.device), t.to(xt.device), xt.shape)
+        return alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * xt
+
     def snr(self, t: torch.Tensor | None = None) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t); all T values when t is None."""
         snr = self.alpha_bar / (1 - self.alpha_bar)

@@ -47,7 +47,8 @@ from .checkpoint import (CheckpointError, find_checkpoint, load_checkpoint,  # n
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else mps, else cpu. Any other name is used as is."""
+    """'auto' -> cuda if available, else mps, else cpu; any other name is checked
+    (ValueError if that device does not exist here). Taught in notebooks/07_scaling_up.ipynb."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -62,14 +63,17 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ValueError("device 'cuda' asked for, but no CUDA GPU is available; use 'auto' or 'cpu'")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
         raise ValueError("device 'mps' asked for, but Apple's MPS is not available; use 'auto' or 'cpu'")
     return device
 
 
 @dataclass
 class TrainConfig:
-    """How to train (not what): shared by every model. Presets override fields."""
+    """How to train (not what): shared by every model. Presets override fields.
+
+    Taught in notebooks/07_scaling_up.ipynb."""
     steps: int = 1000              # optimizer steps
     batch_size: int = 64           # per process (per GPU under torchrun)
     lr: float = 1e-3               # peak learning rate after warm-up
@@ -109,7 +113,9 @@ class TrainResult:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up for warmup_steps, then cosine decay to lr * min_lr_ratio."""
+    """Linear warm-up for warmup_steps, then cosine decay to lr * min_lr_ratio.
+
+    Taught in notebooks/07_scaling_up.ipynb (exercise 1)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -124,6 +130,8 @@ class EMA:
     The first steps use a smaller decay, min(d, (1 + n) / (10 + n)), so the
     average is not dominated by the random initial weights. Under DDP every rank
     holds identical weights after each step, so every rank's EMA is identical too.
+
+    Taught in notebooks/07_scaling_up.ipynb (exercise 2).
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -239,6 +247,8 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
         name: shown on the progress bar and in the metrics.
     Returns:
         TrainResult with the trained model (EMA weights if enabled) and the metric history.
+
+    Taught in notebooks/07_scaling_up.ipynb.
     """
     # 1. Where: one device, or under torchrun one device per process.
     info, device = distributed.init_distributed(cfg.device)
@@ -310,6 +320,7 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=name, disable=not (cfg.progress and main),
                initial=start, total=cfg.steps, dynamic_ncols=True)
+    step = start
     try:
         for step in bar:
             lr = lr_at(step, cfg)
@@ -355,10 +366,20 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
                         "step": done, "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(), "ema_updates": ema.updates if ema else 0,
                         "rng": rngs, "world_size": info.world_size})
+    except KeyboardInterrupt:
+        kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
+        if main:
+            print(f"\n[{name}] interrupted during step {step}. "
+                  + (f"{kept} is kept: continue with resume=True (--resume)." if kept else
+                     "No checkpoint was written (set checkpoint_every and out_dir to keep progress)."))
+        raise
     finally:
         bar.close()
         if metrics_file:
             metrics_file.close()
+    for module in (model, ema.model if ema is not None else None):
+        if module is not None:
+            distributed.sync_buffers(module, info)  # BatchNorm statistics: rank 0's everywhere
     distributed.barrier(info)  # rank 0 has finished writing before anyone goes on
     seconds = time.perf_counter() - t0
     model.eval()

@@ -70,7 +70,7 @@ class VAEConfig:
     base_channels: int = 16       # feature channels at full resolution (few: 32x32 convs are the costly ones)
     channel_mult: tuple = (1, 2, 4)  # channels per level = base * mult: 16 @32x32, 32 @16x16, 64 @8x8
     blocks_per_level: int = 1     # residual blocks at each resolution level
-    kl_weight: float = 1e-5       # KL weight: per-image KL (summed over 256 numbers) vs per-pixel MSE
+    kl_weight: float = 1e-6       # KL weight: per-image KL (summed over 256 numbers) vs per-pixel MSE
     scale_factor: float = 1.0     # 1 / std of latent means on data; set by fit() after training
 
     def __post_init__(self):
@@ -287,13 +287,10 @@ class TinyVAE(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Training pass: images (B, 3, H, W) in [0, 1] ->
-        (reconstruction (B, 3, H, W) >= 0, not clamped at 1; mean; logvar (unscaled))."""
+        (reconstruction (B, 3, H, W) in about [0, 1], unclamped; mean; logvar (unscaled))."""
         mean, logvar = self.encode_distribution(images)
         z = reparameterize(mean, logvar, generator=generator)    # (B, 4, h, w)
-        # Black is a floor: anything darker than black counts as black (decode clamps it
-        # too), so the decoder learns to park the background safely below 0 and it
-        # comes out exactly black, instead of a faint glow of small +- errors.
-        reconstruction = ((self.decoder(z) + 1) / 2).clamp(min=0)
+        reconstruction = (self.decoder(z) + 1) / 2                # (B, 3, H, W)
         return reconstruction, mean, logvar
 
     # -- weights --
@@ -334,20 +331,24 @@ class VAEPreset:
     train: TrainConfig
     data_split: str = "train"  # the Shapes split the VAE trains on
     scale_images: int = 2048   # training images used to measure the latent std (scale_factor)
+    decoder_steps: int = 0     # stage 2: decoder-only fine-tuning steps with black_floor (0 = off)
+    decoder_lr: float = 5e-4   # stage 2 peak learning rate
 
 
 PRESETS = {
     # seconds: tests and fast notebooks
     "tiny": VAEPreset(VAEConfig(base_channels=8),
                       TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, log_every=10),
-                      scale_images=256),
+                      scale_images=256, decoder_steps=5),
     # minutes on a laptop CPU: the shipped weights (small batches, many steps: fastest to 30 dB)
     "cpu": VAEPreset(VAEConfig(),
-                     TrainConfig(steps=1500, batch_size=16, lr=3e-3, warmup_steps=50, log_every=50)),
+                     TrainConfig(steps=1500, batch_size=16, lr=3e-3, warmup_steps=50, log_every=50),
+                     decoder_steps=300),
     # GPU: 64x64 images -> 16x16x4 latents, wider, bf16
     "gpu": VAEPreset(VAEConfig(image_size=64, base_channels=32),
                      TrainConfig(steps=6000, batch_size=64, lr=2e-3, warmup_steps=200,
-                                 precision="bf16", log_every=100, checkpoint_every=1000)),
+                                 precision="bf16", log_every=100, checkpoint_every=1000),
+                     decoder_steps=1000),
 }
 
 
@@ -360,9 +361,46 @@ def _data_fn(image_size: int, split: str):
 
 
 def _loss_fn(model: TinyVAE, images: torch.Tensor):
-    kl_weight = (model._orig_mod if hasattr(model, "_orig_mod") else model).config.kl_weight
+    cfg = (model._orig_mod if hasattr(model, "_orig_mod") else model).config
     reconstruction, mean, logvar = model(images)
-    return vae_loss(reconstruction.float(), images, mean.float(), logvar.float(), kl_weight)
+    return vae_loss(reconstruction.float(), images, mean.float(), logvar.float(), cfg.kl_weight)
+
+
+def black_floor(reconstruction: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
+    """Values below black count as black (times `leak`): decode() clamps them to 0 anyway.
+
+    With plain MSE the decoder's background wobbles +-0.01 around 0; after the
+    clamp the + half stays as a faint glow over the whole image. Scoring the
+    reconstruction after this floor lets the decoder park the background safely
+    below 0, so it decodes to exactly black.
+    """
+    return torch.where(reconstruction < 0, leak * reconstruction, reconstruction)
+
+
+def _decoder_loss_fn(leak: float):
+    def loss_fn(model: TinyVAE, images: torch.Tensor):
+        with torch.no_grad():                                          # the encoder is frozen
+            mean, logvar = model.encode_distribution(images)
+            z = reparameterize(mean, logvar)
+        reconstruction = black_floor((model.decoder(z) + 1) / 2, leak)
+        return vae_loss(reconstruction.float(), images, mean, logvar, 0.0)
+    return loss_fn
+
+
+def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: str = "train") -> TinyVAE:
+    """Stage 2: train the decoder only, scored after black_floor; the encoder (so the latents) stays fixed.
+
+    Like Stable Diffusion's later VAE releases, which fine-tuned only the decoder:
+    a diffusion model trained on the latents stays valid.
+
+    Taught in notebooks/05_vae.ipynb.
+    """
+    vae.encoder.requires_grad_(False)
+    result = train(vae, _decoder_loss_fn(leak), _data_fn(vae.config.image_size, split), cfg,
+                   name=NAME + "_decoder")
+    tuned = result.model.cpu().eval()
+    tuned.encoder.requires_grad_(True)
+    return tuned
 
 
 def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> TinyVAE:
@@ -376,21 +414,28 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
         raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
     p = PRESETS[preset]
     cfg = replace(p.train, out_dir=str(Path(run_dir) / NAME), **overrides)
+    torch.manual_seed(cfg.seed)                     # the same seed, the same initial weights
     model = TinyVAE(replace(p.model))
     print(f"[vae] {model.num_parameters():,} parameters, {cfg.steps} steps of batch {cfg.batch_size}, "
           f"{p.model.image_size}x{p.model.image_size} -> {p.model.latent_size}x{p.model.latent_size}"
           f"x{p.model.latent_channels}", flush=True)
     result = train(model, _loss_fn, _data_fn(p.model.image_size, p.data_split), cfg, name=NAME)
-    vae = result.model.cpu().eval()
+    vae, seconds = result.model.cpu().eval(), result.seconds
+    if p.decoder_steps:                      # stage 2: sharpen the decoder, latents unchanged
+        t0 = time.perf_counter()
+        stage2 = replace(cfg, steps=p.decoder_steps, lr=p.decoder_lr, warmup_steps=min(20, p.decoder_steps),
+                         out_dir=str(Path(run_dir) / (NAME + "_decoder")))
+        vae = finetune_decoder(vae, stage2, split=p.data_split)
+        seconds += time.perf_counter() - t0
     vae.config.scale_factor = compute_scale_factor(vae, n=p.scale_images)
     folder = vae.save_pretrained(Path(out_dir) / NAME)
-    summary = {"preset": preset, "steps": cfg.steps, "batch_size": cfg.batch_size,
-               "train_seconds": round(result.seconds, 1), "threads": torch.get_num_threads(),
+    summary = {"preset": preset, "steps": cfg.steps, "decoder_steps": p.decoder_steps,
+               "batch_size": cfg.batch_size, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
                "device": str(next(result.raw_model.parameters()).device),
                "final": result.history[-1] if result.history else {},
                "scale_factor": vae.config.scale_factor}
     (folder / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[vae] trained in {result.seconds:.0f} s; scale_factor = {vae.config.scale_factor:.4f}; "
+    print(f"[vae] trained in {seconds:.0f} s; scale_factor = {vae.config.scale_factor:.4f}; "
           f"wrote {folder}", flush=True)
     return vae
 

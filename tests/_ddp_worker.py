@@ -36,13 +36,15 @@ def loss_fn(model, batch):
     return ((model(torch.cat([xt, t], dim=1)) - eps) ** 2).mean()
 
 
-def main(out: str) -> None:
+def main(out: str, batchnorm: bool = False) -> None:
     torch.set_num_threads(1)
     # Different initial weights per rank on purpose: DDP must broadcast rank 0's.
     rank = int(os.environ["RANK"])
-    result = train.train(_toy.make_model(seed=rank), loss_fn, sample_batch, config(out + "/run"), "ddp")
+    tag = "_bn" if batchnorm else ""
+    result = train.train(_toy.make_model(seed=rank, batchnorm=batchnorm), loss_fn, sample_batch,
+                         config(out + "/run" + tag), "ddp")
     torch.save({"raw": result.raw_model.state_dict(), "ema": result.model.state_dict(),
-                "losses": [row["loss"] for row in result.history]}, f"{out}/rank{rank}.pt")
+                "losses": [row["loss"] for row in result.history]}, f"{out}/rank{rank}{tag}.pt")
 
 
 if __name__ == "__main__":

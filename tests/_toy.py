@@ -10,9 +10,10 @@ from torch import nn
 from minildm.data import toy2d
 
 
-def make_model(seed: int = 0) -> nn.Module:
+def make_model(seed: int = 0, batchnorm: bool = False) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 32), nn.SiLU(), nn.Linear(32, 2))
+    norm = [nn.BatchNorm1d(32)] if batchnorm else []     # buffers: running mean and variance
+    return nn.Sequential(nn.Linear(3, 32), *norm, nn.SiLU(), nn.Linear(32, 2))
 
 
 def sample_batch(batch_size, generator, device):

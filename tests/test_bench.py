@@ -1,5 +1,4 @@
 """The benchmark (minildm/bench.py): each piece on small settings, and the table."""
-import pytest
 import torch
 
 from minildm import bench, train
@@ -48,7 +47,8 @@ def test_table_lists_every_model():
         "training": {"vae": {"batch_size": 16, "gflops_per_step": 0.7,
                              "fp32": {"images_per_s": 100.0, "step_ms": 160.0, "utilisation": 0.15}},
                      "ldm": {"skipped": "WeightsError: no weights"}},
-        "sampling": {"batch": 4, "ddpm_1000": {"seconds": 20.0}, "ddim_50": {"seconds": 1.0}, "speedup": 20.0},
+        "sampling": {"batch": 4, "ddpm_1000": {"seconds": 20.0}, "ddim_50": {"seconds": 1.0},
+                     "speedup": 20.0},
         "latent_vs_pixel": {"flops_ratio": 15.9, "time_ratio": 4.0},
     }
     results["training"]["vae"]["preset"] = "cpu"

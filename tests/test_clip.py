@@ -112,6 +112,8 @@ def test_bad_inputs_give_clear_errors():
         clip.CLIPConfig(image_encoder="mlp")
     with pytest.raises(ValueError, match="unknown preset"):
         clip.fit("huge")
+    with pytest.raises(ValueError, match="unknown overrides"):
+        clip.fit("tiny", out_dir=None, run_dir=None, learning_rate=1.0)
 
 
 def test_crops_keep_the_caption_true():
@@ -182,3 +184,13 @@ def test_evaluate_quick(trained):
         assert key in out
     assert set(out["zero_shot_seen"]) == {"caption", "shape", "color", "size", "position"}
     assert out["training"]["preset"] == "tiny"
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+def test_gpu_preset_builds_for_64px(encoder):
+    cfg = dataclasses.replace(clip.PRESETS["gpu"].model, image_encoder=encoder)
+    model = clip.MiniCLIP(cfg).eval()
+    images, captions, _ = shapes.sample_batch(2, "train", 64, seed=0)
+    with torch.no_grad():
+        assert model(images, text.tokenize(captions)).shape == (2, 2)
+    assert model.text_hidden_states(text.tokenize(captions)).shape == (2, 16, cfg.text_width)

@@ -36,10 +36,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, out, port):
+def _rank_main(rank, out, port, batchnorm=False):
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    worker.main(str(out))
+    worker.main(str(out), batchnorm)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,16 @@ def test_only_rank_0_writes_logs_and_checkpoints(ddp_run):
     state = torch.load(out / "run" / "checkpoint" / "state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2         # every rank's RNG saved
     assert not torch.equal(state["rng"][0]["data"], state["rng"][1]["data"])
+
+
+def test_batchnorm_statistics_agree_across_ranks(ddp_run):
+    out, _ = ddp_run
+    mp.start_processes(_rank_main, args=(out, _free_port(), True), nprocs=2, start_method="fork")
+    ranks = [torch.load(out / f"rank{r}_bn.pt", weights_only=True) for r in range(2)]
+    assert "1.running_mean" in ranks[0]["raw"]
+    for key in ("raw", "ema"):   # each rank updates BatchNorm buffers with its own batch; the
+        for name, value in ranks[0][key].items():           # loop ends with rank 0's everywhere
+            assert torch.equal(value, ranks[1][key][name]), f"{key} {name} differs between ranks"
 
 
 def test_without_torchrun_nothing_changes(monkeypatch):

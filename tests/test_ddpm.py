@@ -49,6 +49,25 @@ def test_loss_is_seeded_and_min_snr_weighting():
         pytest.approx(ddpm.diffusion_loss(model, schedule, x0, t=high_noise, noise=noise).item(), rel=1e-6)
 
 
+def test_v_prediction_loss_and_eps_wrapper():
+    schedule = NoiseSchedule()
+    model = MLPDenoiser()
+    x0, noise, t = torch.randn(8, 2), torch.randn(8, 2), torch.randint(0, 1000, (8,))
+    xt = schedule.q_sample(x0, t, noise)
+    v = schedule.velocity(x0, t, noise)
+    loss = ddpm.diffusion_loss(model, schedule, x0, t=t, noise=noise, prediction="v")
+    assert loss.item() == pytest.approx(((model(xt, t) - v) ** 2).mean().item(), rel=1e-5)
+    # a perfect v-network, wrapped, gives back exactly the noise
+    class PerfectV(torch.nn.Module):
+        def forward(self, x, tt):
+            return schedule.velocity(x0, tt, noise)
+
+    assert torch.allclose(ddpm.EpsFromV(PerfectV(), schedule)(xt, t), noise, atol=1e-4)
+    assert ddpm.as_eps_model(model, schedule, "eps") is model
+    with pytest.raises(ValueError, match="eps, v"):
+        ddpm.diffusion_loss(model, schedule, x0, prediction="x0")
+
+
 def test_fit_points_learns_the_spread():
     result = ddpm.fit_points("two_moons", steps=30, batch_size=64, progress=False)
     assert isinstance(result.model, MLPDenoiser)
@@ -67,6 +86,8 @@ def test_fit_tiny_writes_weights_and_schedule(tmp_path, capsys):
     assert (tmp_path / "r" / "pixel_unet" / "metrics.jsonl").exists()
     loaded, schedule = ddpm.load_pixel_unet(folder)
     assert schedule.kind == "linear" and schedule.num_timesteps == 1000
+    assert json.loads((folder / "schedule.json").read_text())["prediction"] == ddpm.PRESETS["tiny"].prediction
+    assert isinstance(loaded.model if isinstance(loaded, ddpm.EpsFromV) else loaded, UNet)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
     assert torch.equal(model.eval()(x, t), loaded(x, t))
     # overrides are TrainConfig fields
@@ -80,6 +101,12 @@ def test_bad_schedule_file_and_preset(tmp_path):
     (tmp_path / "schedule.json").write_text("{not json")
     with pytest.raises(WeightsError, match="schedule.json"):
         ddpm.load_pixel_unet(tmp_path)
+    (tmp_path / "schedule.json").write_text('{"kind": "linear", "num_timesteps": 1000, "prediction": "x0"}')
+    with pytest.raises(WeightsError, match="prediction"):
+        ddpm.load_pixel_unet(tmp_path)
+    (tmp_path / "schedule.json").unlink()  # absent: the DDPM defaults
+    model, schedule = ddpm.load_pixel_unet(tmp_path)
+    assert isinstance(model, UNet) and schedule.num_timesteps == 1000
     with pytest.raises(ValueError, match="tiny, cpu, gpu"):
         ddpm.fit("huge")
 
@@ -129,7 +156,8 @@ def test_presets_are_consistent():
 
 def test_shipped_weights_load():
     model, schedule = ddpm.load_pixel_unet()
-    assert isinstance(model, UNet) and model.config.in_channels == 3
+    assert model.config.in_channels == 3
+    assert model(torch.zeros(1, 3, 32, 32), torch.tensor([500])).shape == (1, 3, 32, 32)
     assert schedule.num_timesteps == 1000
     size = sum((ddpm.resolve_folder(None, "pixel_unet") / f).stat().st_size
                for f in ("config.json", "model.safetensors"))

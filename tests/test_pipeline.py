@@ -72,6 +72,18 @@ def test_guidance_one_is_the_conditional_prediction(pipe):
     assert torch.allclose(u1, u2, atol=1e-5)
 
 
+def test_clip_x0_bounds_the_implied_z0(pipe):
+    eps_fn = lambda zt, t: 3 * torch.randn(zt.shape, generator=torch.Generator().manual_seed(0))
+    zt, t = torch.randn(4, 4, 8, 8), torch.tensor([999, 700, 100, 0])
+    ab = pipe.schedule.alpha_bar[t].view(-1, 1, 1, 1)
+    implied = lambda eps: (zt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    assert implied(eps_fn(zt, t)).abs().max() > 1e3                   # t = 999: z0_pred explodes
+    clipped = pipeline.clip_x0(eps_fn, pipe.schedule, 5.0)(zt, t)
+    assert implied(clipped).abs().max() <= 5.0 + 1e-2
+    unchanged = pipeline.clip_x0(eps_fn, pipe.schedule, 1e9)(zt, t)   # a loose limit changes nothing
+    assert torch.allclose(unchanged, eps_fn(zt, t), atol=1e-3)
+
+
 def test_negative_prompt(pipe):
     default = pipe(PROMPTS, num_steps=3, seed=0)
     assert torch.allclose(default, pipe(PROMPTS, num_steps=3, seed=0, negative_prompt=""), atol=1e-6)

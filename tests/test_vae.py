@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from minildm.data import shapes
-from minildm.vae import (PRESETS, TinyVAE, VAEConfig, evaluate, fit, kl_divergence, reparameterize,
-                         vae_loss)
+from minildm.train import TrainConfig
+from minildm.vae import (PRESETS, TinyVAE, VAEConfig, black_floor, evaluate, finetune_decoder, fit,
+                         kl_divergence, reparameterize, vae_loss)
 from minildm.weights_io import PACKAGE_WEIGHTS, WeightsError
 
 torch.set_num_threads(1)
@@ -83,6 +84,26 @@ def test_vae_loss_is_mse_plus_weighted_kl():
     want = ((recon - images) ** 2).mean() + 0.01 * kl_divergence(mean, logvar).mean()
     torch.testing.assert_close(loss, want)
     assert parts["kl"] == pytest.approx(kl_divergence(mean, logvar).mean().item(), rel=1e-5)
+
+
+def test_black_floor():
+    r = torch.tensor([-0.5, -0.01, 0.0, 0.3, 1.2])
+    assert torch.equal(black_floor(r), torch.tensor([0.0, 0.0, 0.0, 0.3, 1.2]))
+    torch.testing.assert_close(black_floor(r, leak=0.1), torch.tensor([-0.05, -0.001, 0.0, 0.3, 1.2]))
+
+
+def test_finetune_decoder_keeps_the_latents(tmp_path):
+    vae = tiny()
+    images = shapes.sample_batch(4, seed=3)[0]
+    with torch.no_grad():
+        z_before, out_before = vae.encode(images), vae.decode(vae.encode(images))
+    cfg = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, progress=False, log_every=1,
+                      out_dir=str(tmp_path / "runs"))
+    tuned = finetune_decoder(vae, cfg)
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(images), z_before)                 # encoder frozen
+        assert not torch.equal(tuned.decode(z_before), out_before)         # decoder trained
+    assert all(p.requires_grad for p in tuned.parameters())
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -170,6 +191,8 @@ def test_tiny_recipe_trains_saves_and_evaluates(tmp_path):
     assert config["scale_factor"] == pytest.approx(vae.config.scale_factor) and config["scale_factor"] != 1.0
     lines = (tmp_path / "runs" / "vae" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 20
+    assert (tmp_path / "runs" / "vae_decoder" / "metrics.jsonl").exists()       # stage 2 ran
+    assert json.loads((folder / "training.json").read_text())["decoder_steps"] == PRESETS["tiny"].decoder_steps
     result = evaluate(folder, quick=True, n=32)
     assert result["compression_ratio"] == 12.0 and result["latent_shape"] == [4, 8, 8]
     assert 0 <= result["test"]["judge_all_four"] <= 1 and result["test"]["psnr_db"] > 0

@@ -460,10 +460,25 @@ early = ddpm.generate(short, schedule, 8, sampler="ddim", num_steps=50, progress
 fig = viz.image_grid(early, ncols=8, title=f"after {4 if FAST else 100} training steps")
 plt.show()
 """)
+nb.md("""
+### One change for images: predict v, sample with eps
+
+The shipped UNet was trained with the loss above and a single change: its target is not the noise
+but $v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,x_0$ (Salimans & Ho, 2022;
+`prediction="v"` in the preset). At small t, v is the noise; at large t it is minus the image.
+Why bother? Near t = T almost nothing of the image is left in $x_t$, and recovering it from a noise
+prediction, $\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon_\\theta)/\\sqrt{\\bar\\alpha_t}$, divides a small
+error by $\\sqrt{\\bar\\alpha_{999}} \\approx 0.006$: a briefly trained eps-network leaves speckle all over
+the image. A v-network names the image directly. Since v, eps and $x_0$ determine each other given
+$x_t$, `load_pixel_unet` wraps the network (`EpsFromV`) so that it still *returns eps*, and every
+sampler in the course works unchanged.
+""")
 nb.code("""
 model, pixel_schedule = ddpm.load_pixel_unet(device=device)
+print(type(model).__name__, "around a", type(getattr(model, "model", model)).__name__)
 print(model.config)
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters, schedule {pixel_schedule}")
+print(inspect.getsource(ddpm.EpsFromV.forward))
 """)
 nb.md("""
 ## Sampling Shapes with DDPM
