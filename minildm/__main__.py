@@ -212,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .train import NaNLossError
     from .weights_io import WeightsError
     try:
         args.func(args)
-    except (UsageError, WeightsError, ValueError, FileNotFoundError) as err:
+    except (UsageError, WeightsError, NaNLossError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -552,7 +552,11 @@ def kl_divergence(student_kl) -> None:
 
 
 def latent_numbers(student_numbers) -> None:
-    """Exercise: how many numbers does the UNet see per step for one 32x32 image, in latent space?"""
+    """Exercise: how many numbers does the UNet see per step for one 32x32 image, in latent space?
+
+    student_numbers: the student's function (called with no arguments) or its answer."""
+    if callable(student_numbers):
+        student_numbers = run_student_function(student_numbers, name="my_latent_numbers")
     expect(isinstance(student_numbers, int), f"give a whole number, got {type(student_numbers).__name__}.")
     expect(student_numbers != 3 * 32 * 32, "that is the pixel count (3 x 32 x 32); the UNet works on latents.")
     expect(student_numbers == 4 * 8 * 8, "multiply latent channels x latent height x latent width "

@@ -26,6 +26,11 @@ KL: a *small* weight keeps the latent space smooth and centred (nearby latents
 decode to similar images, random latents decode to something) without throwing
 away the detail the decoder needs.
 
+Training has two stages (`fit`): the whole VAE with the loss above, then a short
+decoder-only fine-tuning (`finetune_decoder`, the encoder and so the latents stay
+fixed) that scores reconstructions after `black_floor`, so the black background
+decodes to exactly black instead of a faint glow.
+
 The public API (used by the latent diffusion pipeline, keep it exact):
 
     vae = TinyVAE.from_pretrained()          # shipped weights, or a folder

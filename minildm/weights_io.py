@@ -41,7 +41,7 @@ def save_safetensors(state_dict: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temp file per process (torchrun)
     save_file(tensors, str(tmp))
     _atomic_replace(tmp, path)
 
@@ -83,7 +83,7 @@ def save_config(config, path) -> None:
     """A dataclass config -> JSON file (atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temp file per process (torchrun)
     tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2))
     _atomic_replace(tmp, path)
 

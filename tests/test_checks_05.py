@@ -96,6 +96,15 @@ def test_kl_not_implemented_gives_hint():
 def test_latent_numbers(capsys):
     checks.latent_numbers(256)
     assert "Correct!" in capsys.readouterr().out
-    for wrong, hint in [(3072, "pixel count"), (64, "multiply"), (256.0, "whole number")]:
+    checks.latent_numbers(lambda: 4 * 8 * 8)
+    for wrong, hint in [(3072, "pixel count"), (64, "multiply"), (256.0, "whole number"),
+                        (lambda: 3 * 32 * 32, "pixel count")]:
         with pytest.raises(CheckFailed, match=hint):
             checks.latent_numbers(wrong)
+
+
+def test_latent_numbers_not_implemented_gives_hint():
+    def stub():
+        raise NotImplementedError
+    with pytest.raises(CheckFailed, match="NotImplementedError"):
+        checks.latent_numbers(stub)

@@ -402,7 +402,7 @@ def my_latent_numbers():
 
 code("""
 # NBVAL_CHECK_OUTPUT
-checks.latent_numbers(my_latent_numbers())
+checks.latent_numbers(my_latent_numbers)
 """)
 
 md("""
