@@ -315,7 +315,7 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, n_ddpm: in
              seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     """Sample with DDIM-50 and DDPM-1000, grade with the judge, and time both.
 
-    n images with DDIM (default 200) and n_ddpm with DDPM (default n // 2: 1000 steps
+    n images with DDIM (default 200) and n_ddpm with DDPM (default 64: 1000 steps
     are slow on a CPU). Both start from the same seeded noise, so the first n_ddpm
     images of the two samplers are paired. quick: 16 DDIM images and 4 DDPM images.
     Returns a JSON-able dict: clean rates, attribute counts among clean images,
@@ -323,7 +323,7 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, n_ddpm: in
     """
     model, schedule = load_pixel_unet(weights, device=training.pick_device(device))
     n_ddim = 16 if quick else (n or PRESETS["cpu"].eval_samples)
-    n_ddpm = 4 if quick else (n_ddpm or max(1, n_ddim // 2))
+    n_ddpm = 4 if quick else (n_ddpm or min(64, n_ddim))
     result = {"weights": str(resolve_folder(weights, NAME)), "device": device}
     ddim_steps = min(50, schedule.num_timesteps)
     for label, kind, steps, count in (("ddim50", "ddim", ddim_steps, n_ddim), ("ddpm1000", "ddpm", 0, n_ddpm)):

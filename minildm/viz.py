@@ -81,10 +81,16 @@ def scatter_strip(clouds, labels=None, title: str | None = None, lim: float = 3.
     return fig
 
 
+STATIC_ENV = "MINILDM_STATIC"  # =1 when executing notebooks to commit them: pictures, not widgets
+
+
 def widgets_available() -> bool:
-    """True in a live Jupyter kernel with ipywidgets and not in fast (CI) mode."""
+    """True in a live Jupyter kernel with ipywidgets, unless in fast (CI) mode or MINILDM_STATIC=1
+    (set when the notebooks are re-executed for the repository, so a web page shows pictures)."""
+    import os
+
     from .course import fast_mode
-    if fast_mode():
+    if fast_mode() or os.environ.get(STATIC_ENV, "0") == "1":
         return False
     try:
         import ipywidgets  # noqa: F401
