@@ -21,8 +21,9 @@ Weights on disk. A pipeline folder holds
 
     ldm/config.json        the UNet's UNetConfig
     ldm/model.safetensors  the UNet's weights (the only part this lesson trains)
-    ldm/pipeline.json      PipelineConfig: schedule, latent shape, and the
-                           fingerprints of the VAE and CLIP the UNet was trained with
+    ldm/pipeline.json      PipelineConfig: schedule, latent shape, latent clipping range
+                           and fingerprints of the VAE and CLIP the UNet was trained with
+    ldm/training.json      how it was trained and its loss curve (written by fit)
     vae/, clip/            optional: when absent, the shipped minildm/weights/vae
                            and minildm/weights/clip are used
 
@@ -40,12 +41,11 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from .data import shapes
 from .data.judge import attribute_accuracy, judge
@@ -61,6 +61,7 @@ PROMPT_DROPOUT = 0.1            # fraction of captions replaced by "" in trainin
 MAX_STEPS = 1000                # num_steps allowed: 1..MAX_STEPS
 MAX_GUIDANCE = 50.0             # guidance_scale allowed: 0..MAX_GUIDANCE
 SAMPLERS = ("ddim", "ddpm")
+LATENT_CLIP_MARGIN = 1.1        # latent_clip = this x the largest |z0| of 512 training latents
 
 
 @dataclass
@@ -499,11 +500,12 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     sample_batch = latent_batch_fn(vae, clip, recipe.prompt_dropout, vae.config.image_size,
                                    recipe.latent_pool, pool_seed=cfg.seed + 1)
     result = train(UNet(unet_config), loss_fn, sample_batch, cfg, name=NAME)
-    probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]  # for latent_clip
+    probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]  # (512, 4, 8, 8)
     config = PipelineConfig(schedule=recipe.schedule, num_timesteps=schedule.num_timesteps,
-                            latent_clip=round(float(probe.abs().max()) * 1.1, 2),
+                            latent_clip=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2),
                             latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
-                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(vae_dir), clip_fingerprint=fingerprint(clip_dir))
+                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(vae_dir),
+                            clip_fingerprint=fingerprint(clip_dir))
     pipe = LatentDiffusionPipeline(vae, clip, result.model.eval(), config,
                                    sources={"vae": vae_dir, "clip": clip_dir})
     pipe.save_pretrained(out_dir)
@@ -519,9 +521,10 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
 # Evaluation: the judge grades every canonical caption
 
 def _grade(images, labels) -> dict:
+    """The judge's per-attribute and all-four accuracy, and its clean rate."""
     graded = judge(images)
-    result = attribute_accuracy(graded["labels"], labels)
-    result["clean"] = float(graded["clean"].float().mean())
+    result = {k: round(v, 4) for k, v in attribute_accuracy(graded["labels"], labels).items()}
+    result["clean"] = round(float(graded["clean"].float().mean()), 4)
     result["count"] = len(labels)
     return result
 
@@ -548,10 +551,10 @@ def color_change_test(pipe: LatentDiffusionPipeline, n: int = 108, strength: flo
                          for i in range(0, n, batch_size)])
     read = judge(outputs)["labels"]
     ok_color, ok_position = read[:, 1] == target[:, 1], read[:, 3] == target[:, 3]
-    return {"success": float((ok_color & ok_position).float().mean()),
-            "new_color": float(ok_color.float().mean()), "same_position": float(ok_position.float().mean()),
-            "same_shape": float((read[:, 0] == target[:, 0]).float().mean()), "count": n,
-            "strength": strength}
+    rate = lambda ok: round(float(ok.float().mean()), 4)
+    return {"success": rate(ok_color & ok_position), "new_color": rate(ok_color),
+            "same_position": rate(ok_position), "same_shape": rate(read[:, 0] == target[:, 0]),
+            "count": n, "strength": strength}
 
 
 def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int = 50,
@@ -584,7 +587,7 @@ def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int =
         "guidance_scale": guidance_scale, "images": len(images), "device": str(device),
         "seen": _grade(images[~held], all_labels[~held]),
         "held_out": _grade(images[held], all_labels[held]) if held.any() else None,
-        "seconds_per_image": seconds / len(images),
+        "seconds_per_image": round(seconds / len(images), 4),
         "img2img_color_change": edit,
     }
 

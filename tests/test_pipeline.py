@@ -5,7 +5,6 @@ core); the last ones load the shipped weights when they exist.
 """
 import argparse
 import math
-import warnings
 
 import pytest
 import torch
