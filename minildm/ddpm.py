@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .evaluate import grade_unconditional
 from . import train as training
-from .data import judge as judge_module
 from .data import shapes, toy2d
 from .samplers import DDIMSampler, DDPMSampler, sample
 from .schedule import NoiseSchedule
@@ -301,14 +301,7 @@ def generate(model: UNet, schedule: NoiseSchedule, n: int = 16, sampler: str = "
 
 def grade(images: torch.Tensor) -> dict:
     """Judge generated Shapes images: clean rate and how often each attribute value appears."""
-    verdict = judge_module.judge(images)
-    labels, clean = verdict["labels"], verdict["clean"]
-    result = {"n": len(images), "clean_rate": float(clean.float().mean())}
-    for i, attribute in enumerate(shapes.ATTRIBUTES):
-        values = shapes.ATTRIBUTE_VALUES[attribute]
-        counts = torch.bincount(labels[clean, i], minlength=len(values)).tolist()
-        result[f"{attribute}_counts"] = dict(zip(values, counts))
-    return result
+    return grade_unconditional(images)
 
 
 def evaluate(weights=None, quick: bool = False, n: int | None = None, n_ddpm: int | None = None,

@@ -47,8 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .evaluate import grade_conditional
 from .data import shapes
-from .data.judge import attribute_accuracy, judge
+from .data.judge import judge
 from .schedule import NoiseSchedule, extract
 from .samplers import DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start, sample
 from .text import PAD_ID, PromptError, tokenize
@@ -522,11 +523,7 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
 
 def _grade(images, labels) -> dict:
     """The judge's per-attribute and all-four accuracy, and its clean rate."""
-    graded = judge(images)
-    result = {k: round(v, 4) for k, v in attribute_accuracy(graded["labels"], labels).items()}
-    result["clean"] = round(float(graded["clean"].float().mean()), 4)
-    result["count"] = len(labels)
-    return result
+    return grade_conditional(images, labels)
 
 
 def color_change_test(pipe: LatentDiffusionPipeline, n: int = 108, strength: float = 0.6,
