@@ -521,11 +521,6 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
 # ----------------------------------------------------------------------------
 # Evaluation: the judge grades every canonical caption
 
-def _grade(images, labels) -> dict:
-    """The judge's per-attribute and all-four accuracy, and its clean rate."""
-    return grade_conditional(images, labels)
-
-
 def color_change_test(pipe: LatentDiffusionPipeline, n: int = 108, strength: float = 0.6,
                       num_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                       batch_size: int = 108) -> dict:
@@ -582,8 +577,8 @@ def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int =
     return {
         "weights": str(pipe.sources[NAME]), "sampler": f"ddim {num_steps} steps",
         "guidance_scale": guidance_scale, "images": len(images), "device": str(device),
-        "seen": _grade(images[~held], all_labels[~held]),
-        "held_out": _grade(images[held], all_labels[held]) if held.any() else None,
+        "seen": grade_conditional(images[~held], all_labels[~held]),
+        "held_out": grade_conditional(images[held], all_labels[held]) if held.any() else None,
         "seconds_per_image": round(seconds / len(images), 4),
         "img2img_color_change": edit,
     }

@@ -12,6 +12,7 @@ import torch
 from minildm import pipeline
 from minildm.clip import PRESETS as CLIP_PRESETS, MiniCLIP
 from minildm.data import shapes
+from minildm.evaluate import grade_conditional
 from minildm.pipeline import LatentDiffusionPipeline, PipelineConfig
 from minildm.samplers import DDIMSampler, sample
 from minildm.text import PromptError
@@ -303,7 +304,7 @@ def test_shipped_weights_beat_chance():
     assert "vae" not in [p.name for p in (PACKAGE_WEIGHTS / "ldm").iterdir()]   # nothing stored twice
     labels = shapes.split_labels("train")[torch.randperm(270, generator=torch.Generator().manual_seed(0))[:12]]
     images = pipe([shapes.caption(l) for l in labels], num_steps=20, guidance_scale=3.0, seed=0)
-    result = pipeline._grade(images, labels)
+    result = grade_conditional(images, labels)
     # chance is 1/6 for color, 1/9 for position, 1/324 for all four
     assert result["color"] >= 0.75 and result["position"] >= 0.75 and result["all_four"] >= 0.5, result
 
