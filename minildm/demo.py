@@ -44,20 +44,14 @@ def dataset_preview(out, n: int = 24, seed: int = 0, resolution: int = 32) -> Pa
 
 
 def _noising_row():
-    """x0 and x_t at a few t under the cosine... or linear schedule, by closed form."""
+    """x0 and x_t at a few t under the linear schedule, by the closed form q_sample."""
+    from .schedule import NoiseSchedule
     images, _, _ = shapes.sample_batch(1, "train", 32, seed=3)
     x0 = images * 2 - 1
     t_values = [0, 50, 100, 200, 400, 600, 999]
-    try:
-        from .schedule import NoiseSchedule
-        sched = NoiseSchedule("linear", 1000)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-        row = [sched.q_sample(x0, torch.tensor([t]), noise) for t in t_values]
-    except ImportError:  # before lesson 01 exists: the same closed form, inline
-        beta = torch.linspace(1e-4, 0.02, 1000)
-        alpha_bar = torch.cumprod(1 - beta, 0)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-        row = [alpha_bar[t].sqrt() * x0 + (1 - alpha_bar[t]).sqrt() * noise for t in t_values]
+    sched = NoiseSchedule("linear", 1000)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    row = [sched.q_sample(x0, torch.tensor([t]), noise) for t in t_values]
     return [((x + 1) / 2).clamp(0, 1)[0] for x in row], [f"t = {t}" for t in t_values]
 
 
