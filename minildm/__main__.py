@@ -87,7 +87,7 @@ def cmd_train(args) -> None:
         "precision": args.precision, "compile": args.compile or None, "seed": args.seed,
         "resume": args.resume or None, "checkpoint_every": args.checkpoint_every,
     }.items() if v is not None}
-    names = [n for n in MODELS if n != "pixel_unet"] + ["pixel_unet"] if args.model == "all" else [args.model]
+    names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
     for name in names:
         module = _module(name)
         print(f"== training {name} (preset {args.preset}) ==", flush=True)
