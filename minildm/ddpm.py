@@ -158,7 +158,7 @@ class PixelPreset:
     """Everything that makes one pixel-UNet training run: architecture, schedule, data, training."""
     model: UNetConfig                                   # the denoiser
     train: training.TrainConfig                         # how to train it
-    schedule: str = "linear"                            # NoiseSchedule kind
+    schedule: str = "cosine"                            # NoiseSchedule kind (cosine: see the cpu preset)
     num_timesteps: int = 1000                           # T
     resolution: int = 32                                # Shapes image side (32 or 64)
     eval_samples: int = 200                             # images sampled by evaluate() per sampler
@@ -175,11 +175,15 @@ PRESETS = {
         eval_samples=4),
     # a laptop CPU (see docs/results_ddpm.md for measured times); the shipped weights.
     # Attention only at 8x8 keeps it cheap; v-prediction makes short training usable.
+    # The cosine schedule matters with few DDIM steps: the same 6000 steps with the linear
+    # schedule gave 92% clean images with DDIM-50, with cosine 98% (64 images each): on 32x32
+    # images the linear schedule leaves almost nothing to learn after t = 500, the cosine one
+    # spreads the steps over the noise levels where colour and shape are decided.
     "cpu": PixelPreset(
         model=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), attention_levels=(False, False, True),
                          num_heads=4),
-        train=training.TrainConfig(steps=2200, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995,
-                                   log_every=50)),
+        train=training.TrainConfig(steps=6000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995,
+                                   log_every=50, checkpoint_every=500)),
     # a GPU: 64x64 images, a wider UNet, bf16
     "gpu": PixelPreset(
         model=UNetConfig(base_channels=64, channel_mults=(1, 2, 2, 2), attention_levels=(False, False, True, True),
@@ -245,13 +249,15 @@ def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **
     """Train the pixel UNet on Shapes through train.train and save it to out_dir/pixel_unet/.
 
     overrides are TrainConfig fields (steps, batch_size, lr, device, ...).
-    Returns the trained model as an eps-predictor (EpsFromV around the UNet for a v preset).
+    Returns the trained model as an eps-predictor (EpsFromV around the UNet for a v preset);
+    model.schedule is the NoiseSchedule it was trained with (sample with that one).
     Taught in notebooks/02_ddpm.ipynb.
     """
     p = get_preset(preset)
     cfg = dataclasses.replace(p.train, out_dir=str(Path(run_dir) / NAME) if run_dir else None, **overrides)
     device = training.pick_device(cfg.device)
     schedule = NoiseSchedule(p.schedule, p.num_timesteps).to(device)
+    torch.manual_seed(cfg.seed)                     # the same seed, the same initial weights
     model = UNet(p.model)
     result = training.train(model, lambda m, x0: diffusion_loss(m, schedule, x0, snr_gamma=p.snr_gamma,
                                                                  prediction=p.prediction),
@@ -265,6 +271,7 @@ def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **
     print(f"[{NAME}] trained {result.steps_run} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s) on {device}")
     model = as_eps_model(model, schedule.to("cpu"), p.prediction)
+    model.schedule = schedule.to("cpu")               # EpsFromV has it already; an eps-UNet gets it here
     model.train_seconds, model.images_per_second = result.seconds, result.images_per_second
     return model
 
@@ -308,15 +315,16 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, n_ddpm: in
              seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
     """Sample with DDIM-50 and DDPM-1000, grade with the judge, and time both.
 
-    n images with DDIM (default 200) and n_ddpm with DDPM (default 64: 1000 steps
-    are slow on a CPU). Both start from the same seeded noise, so the first n_ddpm
+    n images with DDIM and n_ddpm with DDPM (both default 200, so the two clean rates
+    are measured on equally many images; DDPM's 1000 steps take ~15 CPU-minutes for
+    200 images). Both start from the same seeded noise, so the first min(n, n_ddpm)
     images of the two samplers are paired. quick: 16 DDIM images and 4 DDPM images.
     Returns a JSON-able dict: clean rates, attribute counts among clean images,
     and seconds per image for each sampler.
     """
     model, schedule = load_pixel_unet(weights, device=training.pick_device(device))
     n_ddim = 16 if quick else (n or PRESETS["cpu"].eval_samples)
-    n_ddpm = 4 if quick else (n_ddpm or min(64, n_ddim))
+    n_ddpm = 4 if quick else (n_ddpm or n_ddim)
     result = {"weights": str(resolve_folder(weights, NAME)), "device": device}
     ddim_steps = min(50, schedule.num_timesteps)
     for label, kind, steps, count in (("ddim50", "ddim", ddim_steps, n_ddim), ("ddpm1000", "ddpm", 0, n_ddpm)):

@@ -85,7 +85,8 @@ def test_fit_tiny_writes_weights_and_schedule(tmp_path, capsys):
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "schedule.json"}
     assert (tmp_path / "r" / "pixel_unet" / "metrics.jsonl").exists()
     loaded, schedule = ddpm.load_pixel_unet(folder)
-    assert schedule.kind == "linear" and schedule.num_timesteps == 1000
+    assert schedule.kind == ddpm.PRESETS["tiny"].schedule and schedule.num_timesteps == 1000
+    assert model.schedule.kind == schedule.kind       # fit's model carries the schedule to sample with
     assert json.loads((folder / "schedule.json").read_text())["prediction"] == ddpm.PRESETS["tiny"].prediction
     assert isinstance(loaded.model if isinstance(loaded, ddpm.EpsFromV) else loaded, UNet)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
