@@ -187,7 +187,7 @@ def bench_sampling(device: torch.device, quick: bool) -> dict:
     from .schedule import NoiseSchedule
     from .unet import UNet
     model = UNet(PRESETS["cpu"].model).to(device).eval()
-    schedule = NoiseSchedule("linear", 1000).to(device)
+    schedule = NoiseSchedule(PRESETS["cpu"].schedule, PRESETS["cpu"].num_timesteps).to(device)
     n = 4 if quick else 8
     xT = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     out = {"batch": n}
