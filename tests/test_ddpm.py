@@ -142,9 +142,14 @@ def test_evaluate_returns_json_figures(tmp_path):
     ddpm.save_schedule(NoiseSchedule("linear", 10), tmp_path)
     result = ddpm.evaluate(tmp_path, quick=True, progress=False)
     json.dumps(result)
-    assert result["ddim50"]["n"] == 16 and result["ddpm1000"]["n"] == 4
+    assert result["ddim50"]["n"] == result["ddim50_eta1"]["n"] == 16 and result["ddpm1000"]["n"] == 4
+    assert (result["ddim50"]["eta"], result["ddim50_eta1"]["eta"]) == (0.0, 1.0)
     assert 0 <= result["ddim50"]["clean_rate"] <= 1 and result["ddim50"]["seconds_per_image"] > 0
-    assert "ddim50_speedup" in result
+    for label in ("ddim50", "ddim50_eta1"):
+        assert result[f"{label}_vs_ddpm1000_clean_gap"] == pytest.approx(
+            result[label]["clean_rate"] - result["ddpm1000"]["clean_rate"])
+    assert result["ddim50_speedup"] == pytest.approx(
+        result["ddpm1000"]["seconds_per_image"] / result["ddim50"]["seconds_per_image"])
 
 
 def test_presets_are_consistent():
