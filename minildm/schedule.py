@@ -134,6 +134,13 @@ class NoiseSchedule:
                              f"{int(t.min())}..{int(t.max())}")
         return t.long().reshape(-1)
 
+    def _batch_t(self, t, like: torch.Tensor) -> torch.Tensor:
+        """Checked timesteps (B,) on like's device, for a batch `like` (B, ...); one t serves all B."""
+        t = self._check_t(t)
+        if t.numel() == 1:
+            t = t.expand(like.shape[0])
+        return t.to(like.device)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Jump straight to step t:  x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps.
 
@@ -141,15 +148,12 @@ class NoiseSchedule:
         noise: eps, same shape as x0 (drawn with torch.randn_like when None).
         Returns xt with x0's shape.
         """
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(x0.shape[0])
+        t = self._batch_t(t, x0)
         if t.shape[0] != x0.shape[0]:
             raise ValueError(f"t has {t.shape[0]} timesteps for a batch of {x0.shape[0]}")
         noise = torch.randn_like(x0) if noise is None else noise
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
-        t = t.to(x0.device)
         alpha_bar = extract(self.alpha_bar.to(x0.device), t, x0.shape)   # (B, 1, ...)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
@@ -158,11 +162,9 @@ class NoiseSchedule:
 
         Iterating this from x0 (t = 0, 1, ..., k) gives the same distribution as q_sample(x0, k).
         """
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(x_prev.shape[0])
+        t = self._batch_t(t, x_prev)
         noise = torch.randn_like(x_prev) if noise is None else noise
-        beta = extract(self.beta.to(x_prev.device), t.to(x_prev.device), x_prev.shape)
+        beta = extract(self.beta.to(x_prev.device), t, x_prev.shape)
         return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
     def posterior_mean_variance(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
@@ -170,10 +172,7 @@ class NoiseSchedule:
 
         x0, xt: (B, ...); t: (B,) long. Returns (mean (B, ...), variance (B, 1, ...)).
         """
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(xt.shape[0])
-        t = t.to(xt.device)
+        t = self._batch_t(t, xt)
         coef_x0 = extract(self._posterior_coef_x0.to(xt.device), t, xt.shape)
         coef_xt = extract(self._posterior_coef_xt.to(xt.device), t, xt.shape)
         mean = coef_x0 * x0 + coef_xt * xt
@@ -182,10 +181,8 @@ class NoiseSchedule:
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert q_sample for x0 given the noise:  x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(xt.shape[0])
-        alpha_bar = extract(self.alpha_bar.to(xt.device), t.to(xt.device), xt.shape)
+        t = self._batch_t(t, xt)
+        alpha_bar = extract(self.alpha_bar.to(xt.device), t, xt.shape)
         return (xt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
     def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -194,18 +191,14 @@ class NoiseSchedule:
         v is the noise at low t and minus the image at high t, so a network predicting
         v never has to pull a whole image out of a tiny difference (which eps does near t = T).
         """
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(x0.shape[0])
-        alpha_bar = extract(self.alpha_bar.to(x0.device), t.to(x0.device), x0.shape)
+        t = self._batch_t(t, x0)
+        alpha_bar = extract(self.alpha_bar.to(x0.device), t, x0.shape)
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
     def eps_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The noise implied by a v prediction: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t."""
-        t = self._check_t(t)
-        if t.numel() == 1:
-            t = t.expand(xt.shape[0])
-        alpha_bar = extract(self.alpha_bar.to(xt.device), t.to(xt.device), xt.shape)
+        t = self._batch_t(t, xt)
+        alpha_bar = extract(self.alpha_bar.to(xt.device), t, xt.shape)
         return alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * xt
 
     def snr(self, t: torch.Tensor | None = None) -> torch.Tensor:
