@@ -97,7 +97,8 @@ class EpsFromV(nn.Module):
     The shipped pixel UNet predicts v: an undertrained eps-network makes speckled
     images with few DDIM steps, because near t = T the image is recovered from
     x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), dividing a tiny error
-    by sqrt(alpha_bar_t) ~ 0.006. A v-network predicts that image directly.
+    by sqrt(alpha_bar_999) (0.006 for the linear schedule, 0.00005 for the cosine one).
+    A v-network predicts that image directly.
     Taught in notebooks/02_ddpm.ipynb.
     """
 
@@ -270,8 +271,9 @@ def fit(preset: str | PixelPreset = "cpu", out_dir="weights", run_dir="runs", **
         print(f"[{NAME}] wrote {folder}/ ({sum(x.numel() for x in model.parameters()):,} parameters)")
     print(f"[{NAME}] trained {result.steps_run} steps in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s) on {device}")
-    model = as_eps_model(model, schedule.to("cpu"), p.prediction)
-    model.schedule = schedule.to("cpu")               # EpsFromV has it already; an eps-UNet gets it here
+    schedule = schedule.to("cpu")
+    model = as_eps_model(model, schedule, p.prediction)
+    model.schedule = schedule                         # EpsFromV has it already; an eps-UNet gets it here
     model.train_seconds, model.images_per_second = result.seconds, result.images_per_second
     return model
 
