@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluate import grade_unconditional
+from .data.judge import grade_unconditional
 from . import train as training
 from .data import shapes, toy2d
 from .samplers import DDIMSampler, DDPMSampler, sample

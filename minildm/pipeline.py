@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import grade_conditional
+from .data.judge import grade_conditional
 from .data import shapes
 from .data.judge import judge
 from .schedule import NoiseSchedule, extract

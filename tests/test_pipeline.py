@@ -12,7 +12,7 @@ import torch
 from minildm import pipeline
 from minildm.clip import PRESETS as CLIP_PRESETS, MiniCLIP
 from minildm.data import shapes
-from minildm.evaluate import grade_conditional
+from minildm.data.judge import grade_conditional
 from minildm.pipeline import LatentDiffusionPipeline, PipelineConfig
 from minildm.samplers import DDIMSampler, sample
 from minildm.text import PromptError

@@ -14,8 +14,14 @@ An image is *clean* when it looks like the data: one object, an exact palette
 color, a black background and nothing lit outside the object's box.
 
 On rendered data the judge agrees with the labels on all four attributes (see
-tests/test_judge.py); the VAE and diffusion evaluations use it to grade
-reconstructions and generated images.
+tests/test_judge.py). This is the one place that grades images: the evaluation
+commands (`python -m minildm evaluate pixel_unet|ldm|vae`) turn its verdicts into
+figures with
+
+    grade_unconditional(images)        clean rate + how often each attribute value appears
+                                       (the pixel UNet of lessons 02-03: no prompt to match)
+    grade_conditional(images, labels)  per-attribute and all-four accuracy against the prompt's
+                                       labels, and the clean rate (the latent diffusion model)
 
 Taught in notebooks/06_latent_diffusion.ipynb.
 """
@@ -26,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from .shapes import ATTRIBUTES, COLORS, render
+from .shapes import ATTRIBUTE_VALUES, ATTRIBUTES, COLORS, render
 
 SIZE_THRESHOLD = 0.375        # between small (<= 0.30) and large (>= 0.45) widths
 COLOR_TOLERANCE = 0.35        # max distance of the mean color from a palette color
@@ -100,4 +106,27 @@ def attribute_accuracy(predicted: torch.Tensor, target: torch.Tensor) -> dict:
     correct = predicted == target                                     # (N, 4)
     result = {name: float(correct[:, i].float().mean()) for i, name in enumerate(ATTRIBUTES)}
     result["all_four"] = float(correct.all(dim=1).float().mean())
+    return result
+
+
+def grade_unconditional(images: torch.Tensor) -> dict:
+    """Judge generated Shapes images (N, 3, H, W) in [0, 1]: clean rate and, among the clean
+    ones, how often each attribute value appears (a healthy model covers them all)."""
+    verdict = judge(images)
+    labels, clean = verdict["labels"], verdict["clean"]
+    result = {"n": len(images), "clean_rate": float(clean.float().mean())}
+    for i, attribute in enumerate(ATTRIBUTES):
+        values = ATTRIBUTE_VALUES[attribute]
+        counts = torch.bincount(labels[clean, i], minlength=len(values)).tolist()
+        result[f"{attribute}_counts"] = dict(zip(values, counts))
+    return result
+
+
+def grade_conditional(images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Judge images generated for prompts with label vectors (N, 4): per-attribute and
+    all-four accuracy, the clean rate, and the count."""
+    graded = judge(images)
+    result = {k: round(v, 4) for k, v in attribute_accuracy(graded["labels"], labels).items()}
+    result["clean"] = round(float(graded["clean"].float().mean()), 4)
+    result["count"] = len(labels)
     return result
