@@ -142,3 +142,25 @@ def test_render_speed_is_enough_for_on_the_fly_training():
         n += 1000
     rate = n / (time.perf_counter() - t0)
     assert rate > 2500, f"{rate:.0f} images/s"  # ~11k/s measured on one core; CI margin for shared machines
+
+
+# sha256 of the renders below, recorded at commit fa9aa1c before the drawing code moved into
+# shape_coverage (shared with data/scenes.py); every later change must keep it.
+RENDER_DIGEST = "27119459b109ef025a9a8c97d18620b39e5b24bc993c64a9aa46a04d3c37e203"
+
+
+def test_renders_are_bit_identical_to_the_recorded_ones():
+    import hashlib
+    digest = hashlib.sha256()
+    for res in (32, 64):
+        digest.update(shapes.render(shapes.all_labels(), res, seed=2024).numpy().tobytes())
+        digest.update(shapes.sample_batch(500, "all", res, seed=7)[0].numpy().tobytes())
+    assert digest.hexdigest() == RENDER_DIGEST
+
+
+def test_shape_coverage_is_the_drawing_render_uses():
+    labels = shapes.sample_labels(50, "all", seed=3)
+    geometry = shapes.sample_geometry(labels, np.random.default_rng(3))
+    images = shapes.render(labels, 32, geometry=geometry)
+    coverage = torch.from_numpy(shapes.shape_coverage(labels[:, 0].numpy(), geometry, 32))
+    assert torch.equal(images.amax(1), coverage)

@@ -189,6 +189,36 @@ def sample_geometry(labels: torch.Tensor, rng: np.random.Generator) -> np.ndarra
     return np.stack([centre[0], centre[1], width], axis=1)
 
 
+def shape_coverage(shape_ids, geometry: np.ndarray, resolution: int) -> np.ndarray:
+    """How much of each pixel each object covers: the drawing code every renderer shares.
+
+    Args:
+        shape_ids: (N,) indices into SHAPES.
+        geometry: (N, 3) (cx, cy, width) in [0, 1] units (see sample_geometry).
+        resolution: the image side in pixels.
+    Returns:
+        coverage: (N, resolution, resolution) float32 in [0, 1], 0 outside the object.
+    """
+    geometry = np.asarray(geometry).reshape(-1, 3)
+    side = resolution
+    cx, cy, half = (geometry[:, 0] * side)[:, None, None], (geometry[:, 1] * side)[:, None, None], \
+        (geometry[:, 2] * side / 2)[:, None, None]                      # (N, 1, 1) in pixels
+    coords = np.arange(side, dtype=np.float32) + 0.5                       # pixel centres
+    dx = coords[None, None, :] - cx                                        # (N, 1, W)
+    dy = coords[None, :, None] - cy                                        # (N, H, 1)
+    shape = np.asarray(shape_ids).reshape(-1)[:, None, None]
+    # Signed distance (pixels) to each shape's edge: negative inside.
+    sdf_circle = np.sqrt(dx ** 2 + dy ** 2) - half                        # (N, H, W)
+    sdf_square = np.maximum(np.abs(dx), np.abs(dy)) - half
+    # Triangle pointing up: apex (cx, cy - half), base corners (cx +- half, cy + half).
+    sdf_triangle = np.maximum(
+        dy - half,                                                         # below the base
+        (2 * np.abs(dx) - (dy + half)) / math.sqrt(5),                     # left and right edges
+    )
+    sdf = np.where(shape == 0, sdf_circle, np.where(shape == 1, sdf_square, sdf_triangle))
+    return np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32)                # anti-aliased edge
+
+
 def render(labels: torch.Tensor, resolution: int = 32, seed: int | np.random.Generator = 0,
            geometry: np.ndarray | None = None) -> torch.Tensor:
     """Draw one object per label vector.
@@ -210,23 +240,7 @@ def render(labels: torch.Tensor, resolution: int = 32, seed: int | np.random.Gen
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if geometry is None:
         geometry = sample_geometry(labels, rng)
-    n, side = len(labels), resolution
-    cx, cy, half = (geometry[:, 0] * side)[:, None, None], (geometry[:, 1] * side)[:, None, None], \
-        (geometry[:, 2] * side / 2)[:, None, None]                      # (N, 1, 1) in pixels
-    coords = np.arange(side, dtype=np.float32) + 0.5                       # pixel centres
-    dx = coords[None, None, :] - cx                                        # (N, 1, W)
-    dy = coords[None, :, None] - cy                                        # (N, H, 1)
-    shape = labels[:, 0].numpy()[:, None, None]
-    # Signed distance (pixels) to each shape's edge: negative inside.
-    sdf_circle = np.sqrt(dx ** 2 + dy ** 2) - half                        # (N, H, W)
-    sdf_square = np.maximum(np.abs(dx), np.abs(dy)) - half
-    # Triangle pointing up: apex (cx, cy - half), base corners (cx +- half, cy + half).
-    sdf_triangle = np.maximum(
-        dy - half,                                                         # below the base
-        (2 * np.abs(dx) - (dy + half)) / math.sqrt(5),                     # left and right edges
-    )
-    sdf = np.where(shape == 0, sdf_circle, np.where(shape == 1, sdf_square, sdf_triangle))
-    coverage = np.clip(0.5 - sdf, 0.0, 1.0).astype(np.float32)             # anti-aliased edge
+    coverage = shape_coverage(labels[:, 0].numpy(), geometry, resolution)  # (N, H, W)
     rgb = np.array(list(COLORS.values()), dtype=np.float32)[labels[:, 1].numpy()]  # (N, 3)
     images = coverage[:, None, :, :] * rgb[:, :, None, None]              # (N, 3, H, W)
     return torch.from_numpy(images)
