@@ -10,24 +10,18 @@
     python -m minildm course student-edition OUT_DIR
     python -m minildm data preview --out shapes.png
 
-Every model's recipe lives in its own module as `fit(preset, out_dir, run_dir, **overrides)`
-and `evaluate(...)`; this file only parses arguments and dispatches.
+Every trained model's recipe lives in minildm/recipes/ (`job`, `fit`, `evaluate`);
+this file parses arguments, checks them, and dispatches.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
-# What `train X` and `evaluate X` call: module, in training order for `train all`.
-MODELS = {
-    "vae": "minildm.vae",
-    "clip": "minildm.clip",
-    "ldm": "minildm.pipeline",
-    "pixel_unet": "minildm.ddpm",
-}
+from .recipes import MODELS
+
 PRESETS = ("tiny", "cpu", "gpu")
 
 
@@ -36,9 +30,10 @@ class UsageError(ValueError):
 
 
 def _module(name: str):
+    from .recipes import recipe
     if name not in MODELS:
         raise UsageError(f"unknown model {name!r}; allowed: {', '.join(MODELS)} (or 'all' for train)")
-    return importlib.import_module(MODELS[name])
+    return recipe(name)
 
 
 def _positive_int(text: str) -> int:
@@ -105,14 +100,34 @@ def cmd_evaluate(args) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def cmd_generate(args) -> None:
-    from .pipeline import generate_command
-    generate_command(args)
+def cmd_generate(args) -> Path:
+    """`python -m minildm generate PROMPT -n 8 --out grid.png`."""
+    from .inputs import check_int, save_images
+    from .pipeline import LatentDiffusionPipeline
+    from .train import pick_device
+    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=pick_device("auto"))
+    n = check_int(args.num_images, "--num-images", 1, 1024)
+    images = pipe([args.prompt] * n, num_steps=args.steps, guidance_scale=args.guidance,
+                  seed=args.seed, sampler=args.sampler, progress=True)
+    path = save_images(images, args.out)
+    print(f"seed {args.seed}: wrote {n} image(s) for {args.prompt!r} to {path}")
+    return path
 
 
-def cmd_img2img(args) -> None:
-    from .pipeline import img2img_command
-    img2img_command(args)
+def cmd_img2img(args) -> Path:
+    """`python -m minildm img2img in.png PROMPT --strength 0.6 --out out.png`."""
+    from .inputs import check_float, check_prompts, load_image, save_images
+    from .pipeline import LatentDiffusionPipeline
+    from .train import pick_device
+    check_float(args.strength, "--strength", 0.0, 1.0)
+    check_prompts(args.prompt)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=pick_device("auto"))
+    image = load_image(args.image, pipe.config.image_size)
+    edited = pipe.img2img(image, args.prompt, strength=args.strength, num_steps=args.steps,
+                          guidance_scale=args.guidance, seed=args.seed, progress=True)
+    path = save_images(edited, args.out)
+    print(f"seed {args.seed}: wrote {path} ({args.image} -> {args.prompt!r}, strength {args.strength})")
+    return path
 
 
 def cmd_bench(args) -> None:

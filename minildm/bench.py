@@ -16,87 +16,32 @@ What is measured (on the chosen device; a GPU adds bf16 and torch.compile runs):
 4. the latent-vs-pixel cost of a UNet step: the same UNet on 8x8x4 latents
    vs 32x32x3 pixels (FLOPs and time).
 
-Each model's training job is exactly what its `fit()` would run: bench calls
-fit with train.train temporarily replaced by a recorder that keeps the
-(model, loss_fn, sample_batch, cfg) and stops, so nothing is trained or written.
+Each model's training job is exactly what its `fit()` runs: bench asks the
+recipe for its `job(preset)` (model, loss_fn, sample_batch, cfg) and times it
+through the public loop, train.train; nothing is written.
 
 Taught in notebooks/07_scaling_up.ipynb.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import importlib
-import io
 import json
 import os
 import platform
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import train as training
-
-MODELS = {"vae": "minildm.vae", "clip": "minildm.clip", "pixel_unet": "minildm.ddpm",
-          "ldm": "minildm.pipeline"}
-
-
-@dataclass
-class Job:
-    """One model's training job, as its fit() hands it to train.train."""
-    model: torch.nn.Module
-    loss_fn: object
-    sample_batch: object
-    cfg: training.TrainConfig
-
-
-class _Captured(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _record_train_calls(jobs: list):
-    """Replace train.train, wherever a minildm module holds it, with a recorder."""
-    real = training.train
-
-    def recorder(model, loss_fn, sample_batch, cfg, name="model"):
-        jobs.append(Job(model, loss_fn, sample_batch, cfg))
-        raise _Captured
-
-    patched = [(m, k) for m in list(sys.modules.values())
-               if getattr(m, "__name__", "").startswith("minildm") for k, v in vars(m).items() if v is real]
-    for owner, attr in patched:
-        setattr(owner, attr, recorder)
-    try:
-        yield
-    finally:
-        for owner, attr in patched:
-            setattr(owner, attr, real)
+from .recipes import MODELS, Job, recipe
 
 
 def capture_job(name: str, preset: str, device: str) -> Job:
-    """The (model, loss_fn, sample_batch, cfg) that `<module>.fit(preset)` trains."""
-    for other in MODELS.values():  # import them all now, not while train.train is replaced
-        with contextlib.suppress(Exception):
-            importlib.import_module(other)
-    module = importlib.import_module(MODELS[name])
-    jobs: list[Job] = []
-    with tempfile.TemporaryDirectory() as tmp, _record_train_calls(jobs), \
-            contextlib.redirect_stdout(io.StringIO()):
-        try:
-            module.fit(preset=preset, out_dir=os.path.join(tmp, "w"), run_dir=os.path.join(tmp, "r"),
-                       device=device, progress=False)
-        except _Captured:
-            pass
-    if not jobs:
-        raise RuntimeError(f"{MODELS[name]}.fit did not call train.train")
-    return jobs[0]
+    """The (model, loss_fn, sample_batch, cfg) that `recipes.<name>.fit(preset)` trains."""
+    return recipe(name).job(preset, run_dir=None, device=device, progress=False)
 
 
 def _sync(device: torch.device) -> None:
@@ -182,7 +127,7 @@ def bench_training(names, preset: str, device: torch.device, peak: dict, quick: 
 @torch.no_grad()
 def bench_sampling(device: torch.device, quick: bool) -> dict:
     """DDPM over all 1000 steps vs DDIM with 50: same UNet, same batch."""
-    from .ddpm import PRESETS
+    from .recipes.pixel_unet import PRESETS
     from .samplers import DDIMSampler, DDPMSampler, sample
     from .schedule import NoiseSchedule
     from .unet import UNet
@@ -205,7 +150,7 @@ def bench_sampling(device: torch.device, quick: bool) -> dict:
 
 def bench_latent_vs_pixel(device: torch.device, quick: bool) -> dict:
     """One training step (forward + backward) of the same UNet on pixels and on latents."""
-    from .ddpm import PRESETS
+    from .recipes.pixel_unet import PRESETS
     from .unet import UNet
     base = PRESETS["cpu"].model
     batch, reps = (8, 2) if quick else (32, 5)

@@ -10,6 +10,11 @@ network lives in `sample(eps_fn, sampler, xT)`, a dozen lines.
     classifier_free_guidance   wraps a conditional model into eps_fn (used in lesson 06)
     img2img_start              SDEdit: start from a noised real image instead of pure noise
 
+Each sampler owns the clipping of its x0 prediction (`clip_x0`: a range [-c, c], or
+none): pixels live in [-1, 1], latents in the range their VAE gives them. `sample`
+takes a per-step `callback(i, t, xt, x0_pred)` that may return a replacement x_t:
+the hook inpainting and trajectory recording use, so no one copies the loop.
+
 Symbol map (the same for both samplers):
 
     xt          x_t, the current sample             eps_pred   eps_theta(x_t, t)
@@ -24,6 +29,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .objectives import x0_from_eps
 from .schedule import NoiseSchedule
 
 
@@ -35,14 +41,26 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return noise.to(x.device)
 
 
-class _Sampler:
-    """What DDPM and DDIM share: the schedule, x0 from eps, optional clipping."""
+def clip_limit(clip_x0) -> float | None:
+    """True -> 1.0 (images in [-1, 1]); False, None or 0 -> None (no clipping); c > 0 -> c."""
+    if clip_x0 is True:
+        return 1.0
+    if clip_x0 is None or clip_x0 is False or clip_x0 == 0:
+        return None
+    if not isinstance(clip_x0, (int, float)) or not 0 < clip_x0 < float("inf"):
+        raise ValueError(f"clip_x0 must be True (clip x0 to [-1, 1]), False/None/0 (no clipping) "
+                         f"or a positive number c (clip to [-c, c]), got {clip_x0!r}")
+    return float(clip_x0)
 
-    def __init__(self, schedule: NoiseSchedule, clip_x0: bool = True):
+
+class _Sampler:
+    """What DDPM and DDIM share: the schedule, x0 from eps, optional clipping to [-c, c]."""
+
+    def __init__(self, schedule: NoiseSchedule, clip_x0: bool | float | None = True):
         if not isinstance(schedule, NoiseSchedule):
             raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
-        self.clip_x0 = clip_x0
+        self.clip_x0 = clip_limit(clip_x0)      # None or the limit c
         self.timesteps = torch.arange(schedule.num_timesteps - 1, -1, -1)  # overridden by DDIM
 
     def __len__(self) -> int:
@@ -61,10 +79,9 @@ class _Sampler:
         return float(self.schedule.alpha_bar_f64[t]) if t >= 0 else 1.0
 
     def _predict_x0(self, eps_pred, t: int, xt):
-        """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), clipped to [-1, 1] when clip_x0."""
-        alpha_bar = self._alpha_bar(t)
-        x0_pred = (xt - (1 - alpha_bar) ** 0.5 * eps_pred) / alpha_bar ** 0.5
-        return x0_pred.clamp(-1, 1) if self.clip_x0 else x0_pred
+        """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), clipped to [-c, c] when clip_x0."""
+        x0_pred = x0_from_eps(xt, eps_pred, self._alpha_bar(t))
+        return x0_pred if self.clip_x0 is None else x0_pred.clamp(-self.clip_x0, self.clip_x0)
 
     def _check_step(self, eps_pred, t, xt) -> int:
         if eps_pred.shape != xt.shape:
@@ -120,7 +137,8 @@ class DDIMSampler(_Sampler):
     Taught in notebooks/03_ddim.ipynb.
     """
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0, clip_x0: bool = True):
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
+                 clip_x0: bool | float | None = True):
         super().__init__(schedule, clip_x0)
         T = schedule.num_timesteps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
@@ -185,18 +203,25 @@ def classifier_free_guidance(model, context, uncond_context, guidance_scale: flo
 
 @torch.no_grad()
 def sample(eps_fn, sampler: _Sampler, xT: torch.Tensor, generator=None, start_index: int = 0,
-           progress: bool = True, return_trajectory: bool = False):
+           progress: bool = True, return_trajectory: bool = False, callback=None):
     """Run the reverse process from xT through sampler.timesteps[start_index:].
 
     eps_fn(xt (B, ...), t (B,) long) -> eps_pred; usually `lambda x, t: model(x, t)`.
+    callback(i, t, xt, x0_pred), when given, runs after step i (t: the timestep just
+    taken, xt: the new sample, x0_pred: this step's x0 guess); if it returns a tensor,
+    that tensor replaces xt (inpainting pastes the known region back this way).
     Returns x0 (B, ...), or (x0, trajectory) with trajectory = [xT, ..., x0] on the CPU.
     """
     timesteps = sampler.timesteps[start_index:]
     xt, trajectory = xT, [xT.detach().cpu()]
-    for t in tqdm(timesteps.tolist(), desc=type(sampler).__name__, disable=not progress, leave=False):
+    for i, t in enumerate(tqdm(timesteps.tolist(), desc=type(sampler).__name__, disable=not progress,
+                               leave=False)):
         t_batch = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
         eps_pred = eps_fn(xt, t_batch)
-        xt, _ = sampler.step(eps_pred, t, xt, generator=generator)
+        xt, x0_pred = sampler.step(eps_pred, t, xt, generator=generator)
+        if callback is not None:
+            replaced = callback(i, t, xt, x0_pred)
+            xt = xt if replaced is None else replaced
         if return_trajectory:
             trajectory.append(xt.detach().cpu())
     return (xt, trajectory) if return_trajectory else xt

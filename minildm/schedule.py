@@ -179,28 +179,6 @@ class NoiseSchedule:
         variance = extract(self.posterior_variance.to(xt.device), t, xt.shape)
         return mean, variance
 
-    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Invert q_sample for x0 given the noise:  x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        t = self._batch_t(t, xt)
-        alpha_bar = extract(self.alpha_bar.to(xt.device), t, xt.shape)
-        return (xt - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
-
-    def velocity(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The "v" target (Salimans & Ho, 2022): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0.
-
-        v is the noise at low t and minus the image at high t, so a network predicting
-        v never has to pull a whole image out of a tiny difference (which eps does near t = T).
-        """
-        t = self._batch_t(t, x0)
-        alpha_bar = extract(self.alpha_bar.to(x0.device), t, x0.shape)
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
-
-    def eps_from_v(self, xt: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The noise implied by a v prediction: eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t."""
-        t = self._batch_t(t, xt)
-        alpha_bar = extract(self.alpha_bar.to(xt.device), t, xt.shape)
-        return alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * xt
-
     def snr(self, t: torch.Tensor | None = None) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t); all T values when t is None."""
         snr = self.alpha_bar / (1 - self.alpha_bar)

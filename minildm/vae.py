@@ -26,7 +26,7 @@ KL: a *small* weight keeps the latent space smooth and centred (nearby latents
 decode to similar images, random latents decode to something) without throwing
 away the detail the decoder needs.
 
-Training has two stages (`fit`): the whole VAE with the loss above, then a short
+Training (minildm/recipes/vae.py) has two stages: the whole VAE with the loss above, then a short
 decoder-only fine-tuning (`finetune_decoder`, the encoder and so the latents stay
 fixed) that scores reconstructions after `black_floor`, so the black background
 decodes to exactly black instead of a faint glow.
@@ -41,10 +41,8 @@ Taught in notebooks/05_vae.ipynb.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,8 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import weights_io
-from .data import shapes
-from .train import TrainConfig, train
 
 NAME = "vae"                  # folder name under weights/ and runs/
 RANGE_TOLERANCE = 1e-3        # how far outside [0, 1] an input image may stray (float rounding)
@@ -310,187 +306,3 @@ class TinyVAE(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-# ----------------------------------------------------------------------------
-# Scale factor: unit-variance latents for the diffusion model
-
-@torch.no_grad()
-def compute_scale_factor(vae: TinyVAE, n: int = 2048, seed: int = 1234, batch_size: int = 256) -> float:
-    """1 / std of the (unscaled) latent means over n training images, as Stable Diffusion does.
-
-    Taught in notebooks/05_vae.ipynb.
-    """
-    images = shapes.sample_batch(n, "train", vae.config.image_size, seed=seed)[0]
-    means = torch.cat([vae.encode_distribution(images[i:i + batch_size])[0].cpu()
-                       for i in range(0, n, batch_size)])
-    return float(1.0 / means.std())
-
-
-# ----------------------------------------------------------------------------
-# Presets, training and evaluation
-
-@dataclass
-class VAEPreset:
-    model: VAEConfig
-    train: TrainConfig
-    data_split: str = "train"  # the Shapes split the VAE trains on
-    scale_images: int = 2048   # training images used to measure the latent std (scale_factor)
-    decoder_steps: int = 0     # stage 2: decoder-only fine-tuning steps with black_floor (0 = off)
-    decoder_lr: float = 5e-4   # stage 2 peak learning rate
-
-
-PRESETS = {
-    # seconds: tests and fast notebooks
-    "tiny": VAEPreset(VAEConfig(base_channels=8),
-                      TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, log_every=10),
-                      scale_images=256, decoder_steps=5),
-    # minutes on a laptop CPU: the shipped weights (small batches, many steps: fastest to 30 dB)
-    "cpu": VAEPreset(VAEConfig(),
-                     TrainConfig(steps=1500, batch_size=16, lr=3e-3, warmup_steps=50, log_every=50),
-                     decoder_steps=300),
-    # GPU: 64x64 images -> 16x16x4 latents, wider, bf16
-    "gpu": VAEPreset(VAEConfig(image_size=64, base_channels=32),
-                     TrainConfig(steps=6000, batch_size=64, lr=2e-3, warmup_steps=200,
-                                 precision="bf16", log_every=100, checkpoint_every=1000),
-                     decoder_steps=1000),
-}
-
-
-def _data_fn(image_size: int, split: str):
-    def sample_batch(batch_size: int, generator: torch.Generator, device):
-        seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
-        images, _, _ = shapes.sample_batch(batch_size, split, image_size, seed=seed)
-        return images.to(device)                                  # (B, 3, H, W) in [0, 1]
-    return sample_batch
-
-
-def _loss_fn(model: TinyVAE, images: torch.Tensor):
-    cfg = (model._orig_mod if hasattr(model, "_orig_mod") else model).config
-    reconstruction, mean, logvar = model(images)
-    return vae_loss(reconstruction.float(), images, mean.float(), logvar.float(), cfg.kl_weight)
-
-
-def black_floor(reconstruction: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
-    """Values below black count as black (times `leak`): decode() clamps them to 0 anyway.
-
-    With plain MSE the decoder's background wobbles +-0.01 around 0; after the
-    clamp the + half stays as a faint glow over the whole image. Scoring the
-    reconstruction after this floor lets the decoder park the background safely
-    below 0, so it decodes to exactly black.
-    """
-    return torch.where(reconstruction < 0, leak * reconstruction, reconstruction)
-
-
-def _decoder_loss_fn(leak: float):
-    def loss_fn(model: TinyVAE, images: torch.Tensor):
-        with torch.no_grad():                                          # the encoder is frozen
-            mean, logvar = model.encode_distribution(images)
-            z = reparameterize(mean, logvar)
-        reconstruction = black_floor((model.decoder(z) + 1) / 2, leak)
-        return vae_loss(reconstruction.float(), images, mean, logvar, 0.0)
-    return loss_fn
-
-
-def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: str = "train") -> TinyVAE:
-    """Stage 2: train the decoder only, scored after black_floor; the encoder (so the latents) stays fixed.
-
-    Like Stable Diffusion's later VAE releases, which fine-tuned only the decoder:
-    a diffusion model trained on the latents stays valid.
-
-    Taught in notebooks/05_vae.ipynb.
-    """
-    vae.encoder.requires_grad_(False)
-    result = train(vae, _decoder_loss_fn(leak), _data_fn(vae.config.image_size, split), cfg,
-                   name=NAME + "_decoder")
-    tuned = result.model.cpu().eval()
-    tuned.encoder.requires_grad_(True)
-    return tuned
-
-
-def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> TinyVAE:
-    """Train a TinyVAE with a preset, set its scale_factor, write out_dir/vae/.
-
-    Command (shipped weights): python -m minildm train vae --preset cpu --out minildm/weights
-
-    Taught in notebooks/05_vae.ipynb.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    cfg = replace(p.train, out_dir=str(Path(run_dir) / NAME), **overrides)
-    torch.manual_seed(cfg.seed)                     # the same seed, the same initial weights
-    model = TinyVAE(replace(p.model))
-    print(f"[vae] {model.num_parameters():,} parameters, {cfg.steps} steps of batch {cfg.batch_size}, "
-          f"{p.model.image_size}x{p.model.image_size} -> {p.model.latent_size}x{p.model.latent_size}"
-          f"x{p.model.latent_channels}", flush=True)
-    result = train(model, _loss_fn, _data_fn(p.model.image_size, p.data_split), cfg, name=NAME)
-    vae, seconds = result.model.cpu().eval(), result.seconds
-    if p.decoder_steps:                      # stage 2: sharpen the decoder, latents unchanged
-        t0 = time.perf_counter()
-        stage2 = replace(cfg, steps=p.decoder_steps, lr=p.decoder_lr, warmup_steps=min(20, p.decoder_steps),
-                         out_dir=str(Path(run_dir) / (NAME + "_decoder")))
-        vae = finetune_decoder(vae, stage2, split=p.data_split)
-        seconds += time.perf_counter() - t0
-    vae.config.scale_factor = compute_scale_factor(vae, n=p.scale_images)
-    folder = vae.save_pretrained(Path(out_dir) / NAME)
-    summary = {"preset": preset, "steps": cfg.steps, "decoder_steps": p.decoder_steps,
-               "batch_size": cfg.batch_size, "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-               "device": str(next(result.raw_model.parameters()).device),
-               "final": result.history[-1] if result.history else {},
-               "scale_factor": vae.config.scale_factor}
-    (folder / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[vae] trained in {seconds:.0f} s; scale_factor = {vae.config.scale_factor:.4f}; "
-          f"wrote {folder}", flush=True)
-    return vae
-
-
-@torch.no_grad()
-def reconstruct(vae: TinyVAE, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """encode (mean) then decode, in batches -> (N, 3, H, W) in [0, 1] on the CPU."""
-    return torch.cat([vae.decode(vae.encode(images[i:i + batch_size])).cpu()
-                      for i in range(0, len(images), batch_size)])
-
-
-@torch.no_grad()
-def evaluate(weights=None, quick: bool = False, n: int | None = None, seed: int = 2024) -> dict:
-    """Reconstruction quality on fresh test images (and the held-out pairs): PSNR, judge agreement.
-
-    Command: python -m minildm evaluate vae [--weights DIR] [--quick]
-
-    Taught in notebooks/05_vae.ipynb.
-    """
-    from .data.judge import attribute_accuracy, judge
-    t0 = time.perf_counter()
-    vae = TinyVAE.from_pretrained(weights)
-    cfg = vae.config
-    n = n or (128 if quick else 2000)
-    result = {"weights": str(weights_io.resolve_folder(weights, NAME)), "images": n,
-              "image_shape": [cfg.in_channels, cfg.image_size, cfg.image_size],
-              "latent_shape": [cfg.latent_channels, cfg.latent_size, cfg.latent_size],
-              "compression_ratio": cfg.compression, "parameters": vae.num_parameters(),
-              "weights_mb": round((weights_io.resolve_folder(weights, NAME) / "model.safetensors")
-                                  .stat().st_size / 1e6, 2)}
-    for split in ("test", "heldout"):
-        images, _, labels = shapes.sample_batch(n, split, cfg.image_size, seed=seed)
-        recon = reconstruct(vae, images)
-        mse_per_image = (recon - images).pow(2).flatten(1).mean(1)            # (N,)
-        verdict = judge(recon)
-        accuracy = attribute_accuracy(verdict["labels"], labels)
-        result[split] = {
-            "psnr_db": round(psnr_from_mse(mse_per_image.mean().item()), 2),
-            "psnr_db_mean_per_image": round(sum(psnr_from_mse(m) for m in mse_per_image.tolist()) / n, 2),
-            "judge_all_four": accuracy["all_four"],
-            "judge_per_attribute": {k: v for k, v in accuracy.items() if k != "all_four"},
-            "judge_clean": float(verdict["clean"].float().mean()),
-        }
-        if split == "test":
-            z = torch.cat([vae.encode(images[i:i + 256]) for i in range(0, n, 256)])
-            result["scaled_latent_std"] = round(z.std().item(), 4)
-            result["scaled_latent_mean"] = round(z.mean().item(), 4)
-    result["scale_factor"] = cfg.scale_factor
-    summary = weights_io.resolve_folder(weights, NAME) / "training.json"
-    if summary.exists():
-        result["training"] = json.loads(summary.read_text())
-    result["evaluate_seconds"] = round(time.perf_counter() - t0, 1)
-    return result

@@ -1,0 +1,121 @@
+"""Checking what a user passes, and reading and writing image files.
+
+Every public entry point (the pipeline, the command line) validates its inputs
+here first, so a bad value gets one ValueError that says what is allowed instead
+of a traceback from deep inside torch.
+
+Taught in notebooks/06_latent_diffusion.ipynb.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .text import PromptError
+
+
+def check_prompts(prompts, name: str = "prompts") -> list[str]:
+    """A str or a non-empty list of str -> list of str (words are checked by the tokenizer)."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, tuple):
+        prompts = list(prompts)
+    if not isinstance(prompts, list):
+        raise PromptError(f"{name} must be a str or a list of str, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise PromptError(f"{name} is an empty list; give at least one prompt")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise PromptError(f"every entry of {name} must be a str, got {type(p).__name__} ({p!r})")
+    return prompts
+
+
+def check_int(value, name: str, low: int, high: int | None = None) -> int:
+    """A whole number in [low, high]; bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number (int), got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {allowed}, got {value}")
+    return int(value)
+
+
+def check_float(value, name: str, low: float, high: float) -> float:
+    """A finite real number in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value}")
+    return value
+
+
+def check_images(images, size: int = 32) -> torch.Tensor:
+    """A float tensor (N, 3, size, size) or (3, size, size) in [0, 1] -> (N, 3, size, size) float32."""
+    allowed = f"a float tensor (N, 3, {size}, {size}) or (3, {size}, {size}) with values in [0, 1]"
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"images must be {allowed}, got {type(images).__name__} "
+                         f"(for an image file use minildm.pipeline.load_image(path))")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be {allowed}, got dtype {images.dtype} "
+                         f"(for uint8 pixels divide by 255)")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (size, size):
+        raise ValueError(f"images must be {allowed}, got shape {tuple(images.shape)}")
+    if len(images) == 0:
+        raise ValueError("images is empty; give at least one image")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values")
+    low, high = float(images.min()), float(images.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"images must have values in [0, 1], got [{low:.3g}, {high:.3g}] "
+                         f"(images in [-1, 1]? use (x + 1) / 2)")
+    return images.float().clamp(0, 1)
+
+
+def load_image(path, size: int = 32) -> torch.Tensor:
+    """An image file -> (1, 3, size, size) float in [0, 1]; clear errors for bad files."""
+    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read {path} as an image ({err}); give a PNG or JPEG file") from err
+    if img.size != (size, size):
+        raise ValueError(f"{path} is {img.size[0]}x{img.size[1]} pixels; the pipeline works on "
+                         f"{size}x{size} RGB images (resize it first, e.g. with PIL's Image.resize)")
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (H, W, 3)
+    return pixels.permute(2, 0, 1)[None]                                  # (1, 3, H, W)
+
+
+
+
+def save_images(images: torch.Tensor, path, ncols: int = 8, gap: int = 2) -> Path:
+    """Write images (N, 3, H, W) in [0, 1] as one PNG: the image itself when N = 1,
+    else a grid with `gap` black pixels around and between the images."""
+    from PIL import Image
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, _, h, w = images.shape
+    if n == 1:
+        gap = 0
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    grid = torch.zeros(3, nrows * (h + gap) + gap, ncols * (w + gap) + gap)
+    for i, image in enumerate(images):
+        top, left = gap + (i // ncols) * (h + gap), gap + (i % ncols) * (w + gap)
+        grid[:, top:top + h, left:left + w] = image
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Image.fromarray(pixels).save(path)
+    except (ValueError, KeyError) as err:  # PIL: unknown file extension
+        raise ValueError(f"cannot write {path}: {err}; use a .png file name") from err
+    return path
