@@ -6,20 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm import clip, text
+from minildm import clip, text, zero_shot
+from minildm.recipes import clip as clip_recipe
 from minildm.data import shapes
 from minildm.data.judge import judge
 from minildm.weights_io import WeightsError
 
 torch.set_num_threads(1)
-TINY = clip.PRESETS["tiny"].model
+TINY = clip_recipe.PRESETS["tiny"].model
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The tiny preset trained for its 60 steps (a few seconds), saved to disk."""
     out = tmp_path_factory.mktemp("clip")
-    model = clip.fit("tiny", out_dir=out, run_dir=None)
+    model = clip_recipe.fit("tiny", out_dir=out, run_dir=None)
     return model, out / "clip"
 
 
@@ -107,48 +108,48 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="LongTensor"):
         model.encode_text(torch.zeros(2, 16))
     with pytest.raises(ValueError, match="allowed: caption, shape"):
-        clip.zero_shot_classifier(model, "texture")
+        zero_shot.zero_shot_classifier(model, "texture")
     with pytest.raises(ValueError, match="'resnet' or 'vit'"):
         clip.CLIPConfig(image_encoder="mlp")
     with pytest.raises(ValueError, match="unknown preset"):
-        clip.fit("huge")
+        clip_recipe.fit("huge")
     with pytest.raises(ValueError, match="unknown overrides"):
-        clip.fit("tiny", out_dir=None, run_dir=None, learning_rate=1.0)
+        clip_recipe.fit("tiny", out_dir=None, run_dir=None, learning_rate=1.0)
 
 
 def test_crops_keep_the_caption_true():
     images, _, labels = shapes.sample_batch(120, "train", 32, seed=1)
     g = torch.Generator().manual_seed(0)
-    safe = clip.random_square_crop(images, g, min_scale=0.85)
+    safe = clip_recipe.random_square_crop(images, g, min_scale=0.85)
     assert safe.shape == images.shape
     assert (safe - images).abs().flatten(1).amax(1).gt(0.1).float().mean() > 0.5   # most are cropped
     read = judge(safe)["labels"]
     assert torch.equal(read, labels)                                     # every attribute still true
-    unsafe = clip.random_square_crop(images, torch.Generator().manual_seed(0), min_scale=0.5, keep_cell=False)
+    unsafe = clip_recipe.random_square_crop(images, torch.Generator().manual_seed(0), min_scale=0.5, keep_cell=False)
     assert (judge(unsafe)["labels"][:, 3] != labels[:, 3]).float().mean() > 0.1  # positions change
 
 
 def test_prompts():
-    caps = clip.prompts_for("caption", ensemble=False)
+    caps = zero_shot.prompts_for("caption", ensemble=False)
     assert [c[0] for c in caps] == shapes.all_captions()
-    color = clip.prompts_for("color")
+    color = zero_shot.prompts_for("color")
     assert len(color) == 6 and all(len(p) == 54 for p in color)
     assert all("red" in p for p in color[0])
-    assert len(clip.prompts_for("caption")[0]) == 9                      # 3 size words x 3 wordings
+    assert len(zero_shot.prompts_for("caption")[0]) == 9                      # 3 size words x 3 wordings
 
 
 def test_trained_tiny_beats_chance(trained):
     model, _ = trained
     images, captions, labels = shapes.sample_batch(200, "test", 32, seed=7)
-    acc = clip.zero_shot_accuracy(model, images, labels)
+    acc = zero_shot.zero_shot_accuracy(model, images, labels)
     assert acc["caption"] > 20 / 324                                     # chance is 1/324
     assert acc["color"] > 0.5 and acc["size"] > 0.75                     # chance 1/6 and 1/2
-    pred = clip.zero_shot_predict(model, images[:10], "color")
+    pred = zero_shot.zero_shot_predict(model, images[:10], "color")
     assert pred.shape == (10,) and pred.dtype == torch.long
-    rec = clip.retrieval_recall(model, images[:100], captions[:100], labels[:100])
+    rec = zero_shot.retrieval_recall(model, images[:100], captions[:100], labels[:100])
     assert set(rec) == {"image_to_text@1", "text_to_image@1", "image_to_text@5", "text_to_image@5"}
     assert rec["image_to_text@5"] >= rec["image_to_text@1"] and rec["text_to_image@5"] > 5 / 100
-    probe = clip.linear_probe(model, *shapes.sample_batch(300, "train", 32, seed=8)[::2],
+    probe = zero_shot.linear_probe(model, *shapes.sample_batch(300, "train", 32, seed=8)[::2],
                               images, labels)
     assert probe["color"] > 0.9 and probe["size"] > 0.9
 
@@ -179,7 +180,7 @@ def test_save_load_round_trip(trained, tmp_path):
 
 def test_evaluate_quick(trained):
     _, folder = trained
-    out = clip.evaluate(folder, quick=True)
+    out = clip_recipe.evaluate(folder, quick=True)
     for key in ("zero_shot_seen", "zero_shot_heldout", "linear_probe_seen", "retrieval_seen"):
         assert key in out
     assert set(out["zero_shot_seen"]) == {"caption", "shape", "color", "size", "position"}
@@ -188,7 +189,7 @@ def test_evaluate_quick(trained):
 
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])
 def test_gpu_preset_builds_for_64px(encoder):
-    cfg = dataclasses.replace(clip.PRESETS["gpu"].model, image_encoder=encoder)
+    cfg = dataclasses.replace(clip_recipe.PRESETS["gpu"].model, image_encoder=encoder)
     model = clip.MiniCLIP(cfg).eval()
     images, captions, _ = shapes.sample_batch(2, "train", 64, seed=0)
     with torch.no_grad():

@@ -9,15 +9,19 @@ import math
 import pytest
 import torch
 
-from minildm import pipeline
-from minildm.clip import PRESETS as CLIP_PRESETS, MiniCLIP
+from minildm import inputs, pipeline
+from minildm.clip import MiniCLIP
+from minildm.recipes import ldm
+from minildm.recipes.clip import PRESETS as CLIP_PRESETS
+from minildm.recipes.vae import PRESETS as VAE_PRESETS
 from minildm.data import shapes
 from minildm.data.judge import grade_conditional
+from minildm.objectives import DiffusionConfig
 from minildm.pipeline import LatentDiffusionPipeline, PipelineConfig
 from minildm.samplers import DDIMSampler, sample
 from minildm.text import PromptError
 from minildm.unet import UNet
-from minildm.vae import PRESETS as VAE_PRESETS, TinyVAE
+from minildm.vae import TinyVAE
 from minildm.weights_io import PACKAGE_WEIGHTS, WeightsError
 
 torch.set_num_threads(1)
@@ -29,7 +33,7 @@ def tiny_pipeline(seed: int = 0) -> LatentDiffusionPipeline:
     torch.manual_seed(seed)
     vae = TinyVAE(VAE_PRESETS["tiny"].model)
     clip = MiniCLIP(CLIP_PRESETS["tiny"].model)
-    config = pipeline.PRESETS["tiny"].model
+    config = ldm.PRESETS["tiny"].model
     unet = UNet(type(config)(**{**config.__dict__, "context_dim": clip.config.text_width}))
     torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
     for block in unet.modules():  # let the text reach the output
@@ -72,16 +76,18 @@ def test_guidance_one_is_the_conditional_prediction(pipe):
     assert torch.allclose(u1, u2, atol=1e-5)
 
 
-def test_clip_x0_bounds_the_implied_z0(pipe):
-    eps_fn = lambda zt, t: 3 * torch.randn(zt.shape, generator=torch.Generator().manual_seed(0))
-    zt, t = torch.randn(4, 4, 8, 8), torch.tensor([999, 700, 100, 0])
-    ab = pipe.schedule.alpha_bar[t].view(-1, 1, 1, 1)
-    implied = lambda eps: (zt - (1 - ab).sqrt() * eps) / ab.sqrt()
-    assert implied(eps_fn(zt, t)).abs().max() > 1e3                   # t = 999: z0_pred explodes
-    clipped = pipeline.clip_x0(eps_fn, pipe.schedule, 5.0)(zt, t)
-    assert implied(clipped).abs().max() <= 5.0 + 1e-2
-    unchanged = pipeline.clip_x0(eps_fn, pipe.schedule, 1e9)(zt, t)   # a loose limit changes nothing
-    assert torch.allclose(unchanged, eps_fn(zt, t), atol=1e-3)
+def test_sampler_clips_the_implied_z0_to_the_saved_range(pipe):
+    """Latents are clipped to diffusion.json's clip_x0 (not to [-1, 1]) by the sampler itself."""
+    eps = 3 * torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    zt = torch.randn(4, 4, 8, 8)
+    loose = DDIMSampler(pipe.schedule, num_steps=10, clip_x0=None)
+    tight = DDIMSampler(pipe.schedule, num_steps=10, clip_x0=5.0)
+    assert loose.step(eps, 999, zt)[1].abs().max() > 1e3                  # t = 999: z0_pred explodes
+    assert tight.step(eps, 999, zt)[1].abs().max() <= 5.0
+    pipe.diffusion.clip_x0 = 5.0
+    assert pipe.make_sampler("ddim", 10).clip_x0 == 5.0 and pipe.make_sampler("ddpm", 10).clip_x0 == 5.0
+    pipe.diffusion.clip_x0 = 0.0                                          # 0 = off
+    assert pipe.make_sampler("ddim", 10).clip_x0 is None
 
 
 def test_negative_prompt(pipe):
@@ -98,7 +104,8 @@ def test_trajectory(pipe):
 
 
 def test_ddpm_sampler_runs(pipe):
-    small = LatentDiffusionPipeline(pipe.vae, pipe.clip, pipe.unet, PipelineConfig(num_timesteps=50))
+    small = LatentDiffusionPipeline(pipe.vae, pipe.clip, pipe.unet, PipelineConfig(),
+                                    diffusion=DiffusionConfig(num_timesteps=50))
     x = small(PROMPTS[:1], sampler="ddpm", seed=0)            # all 50 steps
     assert x.shape == (1, 3, 32, 32)
 
@@ -216,33 +223,33 @@ def test_images_prompts_count_mismatch(pipe):
 
 def test_load_image(tmp_path):
     from PIL import Image
-    pipeline.save_images(GOOD[:1], tmp_path / "one.png")
-    image = pipeline.load_image(tmp_path / "one.png")
+    inputs.save_images(GOOD[:1], tmp_path / "one.png")
+    image = inputs.load_image(tmp_path / "one.png")
     assert image.shape == (1, 3, 32, 32) and (image - GOOD[:1]).abs().max() <= 1 / 255 + 1e-6
     with pytest.raises(ValueError, match="not found"):
-        pipeline.load_image(tmp_path / "missing.png")
+        inputs.load_image(tmp_path / "missing.png")
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot read"):
-        pipeline.load_image(tmp_path / "notes.png")
+        inputs.load_image(tmp_path / "notes.png")
     Image.new("RGB", (64, 48)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match="64x48 pixels.*32x32"):
-        pipeline.load_image(tmp_path / "big.png")
+        inputs.load_image(tmp_path / "big.png")
     Image.new("L", (32, 32), 255).save(tmp_path / "gray.png")   # grayscale is converted to RGB
-    assert pipeline.load_image(tmp_path / "gray.png").shape == (1, 3, 32, 32)
+    assert inputs.load_image(tmp_path / "gray.png").shape == (1, 3, 32, 32)
 
 
 def test_cli_commands(pipe, tmp_path, capsys):
     from PIL import Image
-    from minildm.__main__ import main
+    from minildm.__main__ import cmd_generate, main
     pipe.save_pretrained(tmp_path / "p")
     args = argparse.Namespace(prompt=PROMPTS[0], num_images=3, steps=2, guidance=3.0, sampler="ddim",
                               seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "grid.png"))
-    pipeline.generate_command(args)
+    cmd_generate(args)
     assert "seed 5" in capsys.readouterr().out
     assert Image.open(tmp_path / "grid.png").size == (3 * 34 + 2, 36)   # 3 images, 2-pixel gaps
     args = argparse.Namespace(prompt=PROMPTS[0], num_images=1, steps=2, guidance=3.0, sampler="ddim",
                               seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "one.png"))
-    pipeline.generate_command(args)
+    cmd_generate(args)
     assert Image.open(tmp_path / "one.png").size == (32, 32)            # one image: no border
     assert main(["img2img", str(tmp_path / "one.png"), PROMPTS[1], "--strength", "0.5", "--steps", "2",
                  "--weights", str(tmp_path / "p"), "--out", str(tmp_path / "edit.png")]) == 0
@@ -264,12 +271,12 @@ def test_cli_commands(pipe, tmp_path, capsys):
 
 
 def test_prompt_dropout_and_pool(pipe):
-    z0, labels = pipeline.encode_pool(pipe.vae, 64, seed=0)
+    z0, labels = ldm.encode_pool(pipe.vae, 64, seed=0)
     assert z0.shape == (64, 4, 8, 8) and labels.shape == (64, 4)
     assert torch.allclose(z0[:2], pipe.vae.encode(shapes.sample_batch(64, "train", seed=0)[0][:2]), atol=1e-5)
-    empty = pipe.clip.text_hidden_states(pipeline.tokenize([""]))[0]          # (L, D)
+    empty = pipe.clip.text_hidden_states(ldm.tokenize([""]))[0]          # (L, D)
     for pool_size in (0, 64):
-        batch_fn = pipeline.latent_batch_fn(pipe.vae, pipe.clip, prompt_dropout=0.5, pool_size=pool_size)
+        batch_fn = ldm.latent_batch_fn(pipe.vae, pipe.clip, prompt_dropout=0.5, pool_size=pool_size)
         z0, context, mask = batch_fn(400, torch.Generator().manual_seed(0), "cpu")
         assert z0.shape == (400, 4, 8, 8) and context.shape[:2] == mask.shape == (400, 16)
         dropped = (context - empty).abs().amax(dim=(1, 2)) < 1e-5
@@ -285,14 +292,14 @@ def test_fit_tiny(tmp_path, capsys):
     torch.manual_seed(0)
     TinyVAE(VAE_PRESETS["tiny"].model).save_pretrained(tmp_path / "w" / "vae")
     MiniCLIP(CLIP_PRESETS["tiny"].model).save_pretrained(tmp_path / "w" / "clip")
-    fitted = pipeline.fit("tiny", out_dir=tmp_path / "w", run_dir=tmp_path / "runs", steps=4)
+    fitted = ldm.fit("tiny", out_dir=tmp_path / "w", run_dir=tmp_path / "runs", steps=4)
     assert "wrote" in capsys.readouterr().out
     loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "w")
     assert loaded.config.vae_fingerprint == pipeline.fingerprint(tmp_path / "w" / "vae") != ""
     assert (loaded(PROMPTS, num_steps=2) - fitted(PROMPTS, num_steps=2)).abs().max() < 0.02  # float16 file
     assert (tmp_path / "runs" / "ldm" / "metrics.jsonl").exists()
     with pytest.raises(ValueError, match="unknown preset"):
-        pipeline.fit("huge", out_dir=tmp_path / "w")
+        ldm.fit("huge", out_dir=tmp_path / "w")
 
 
 SHIPPED = (PACKAGE_WEIGHTS / "ldm" / "pipeline.json").exists()

@@ -172,3 +172,28 @@ def test_img2img_start_edges():
             img2img_start(ddim, x0, bad)
     out = sample(toy_eps_fn, ddim, x0, start_index=50, progress=False)
     assert torch.equal(out, x0)                              # strength 0: nothing to run
+
+
+def test_callback_sees_every_step_and_can_replace_xt():
+    """sample(..., callback=) is the hook inpainting uses: called once per step with the new x_t
+    and that step's x0 guess; a returned tensor replaces x_t."""
+    sampler = DDIMSampler(SCHEDULE, num_steps=5)
+    xT = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps_fn = lambda x, t: 0.5 * x
+    seen = []
+    plain = sample(eps_fn, sampler, xT, progress=False,
+                   callback=lambda i, t, xt, x0: seen.append((i, t, xt.shape, x0.shape)))
+    assert [s[:2] for s in seen] == list(enumerate(sampler.timesteps.tolist()))
+    assert all(s[2] == s[3] == xT.shape for s in seen)
+    assert torch.equal(plain, sample(eps_fn, sampler, xT, progress=False))   # returning None changes nothing
+    zeroed = sample(eps_fn, sampler, xT, progress=False, callback=lambda i, t, xt, x0: torch.zeros_like(xt))
+    assert torch.equal(zeroed, torch.zeros_like(xT))                          # the last replacement is returned
+
+
+def test_clip_x0_accepts_a_range():
+    xt, eps = torch.randn(2, 3, 4, 4) * 50, torch.randn(2, 3, 4, 4)
+    for clip, bound in ((True, 1.0), (3.0, 3.0)):
+        assert DDIMSampler(SCHEDULE, 10, clip_x0=clip).step(eps, 999, xt)[1].abs().max() <= bound
+    assert DDIMSampler(SCHEDULE, 10, clip_x0=None).step(eps, 999, xt)[1].abs().max() > 3.0
+    with pytest.raises(ValueError, match="clip_x0 must be"):
+        DDIMSampler(SCHEDULE, 10, clip_x0=-2.0)

@@ -6,8 +6,8 @@ import torch
 
 from minildm.data import shapes
 from minildm.train import TrainConfig
-from minildm.vae import (PRESETS, TinyVAE, VAEConfig, black_floor, evaluate, finetune_decoder, fit,
-                         kl_divergence, reparameterize, vae_loss)
+from minildm.recipes.vae import PRESETS, black_floor, evaluate, finetune_decoder, fit
+from minildm.vae import TinyVAE, VAEConfig, kl_divergence, reparameterize, vae_loss
 from minildm.weights_io import PACKAGE_WEIGHTS, WeightsError
 
 torch.set_num_threads(1)
