@@ -15,6 +15,10 @@ and the loop does the rest, in this order each step:
     5. every log_every steps: a JSON line in metrics.jsonl      (read_metrics)
     6. every checkpoint_every steps: an atomic checkpoint       (checkpoint.py)
 
+The run folder (cfg.out_dir) is locked while the loop runs, and a folder that
+already holds a run is only continued (resume=True) or started over
+(overwrite=True) when asked (runs.py).
+
 The same function runs on a CPU, one GPU (channels_last, bf16, torch.compile),
 or several GPUs under `torchrun` (see distributed.py): each process then draws
 its own batches (data generator seeded with seed + rank) and only rank 0 logs
@@ -22,7 +26,9 @@ and writes checkpoints.
 
 A NaN loss stops the run with a clear message and leaves the last good
 checkpoint untouched. `resume=True` continues a killed run exactly: weights,
-EMA, optimizer, gradient scaler, step and every random number generator come back.
+EMA, optimizer, gradient scaler, step and every random number generator come back
+(from the newest checkpoint that can be read), and a note lists any setting that
+differs from the checkpoint's, since the run then no longer matches an uninterrupted one.
 
 Taught in notebooks/07_scaling_up.ipynb.
 """
@@ -30,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,9 +46,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, runs
 from .checkpoint import (CheckpointError, find_checkpoint, load_checkpoint,  # noqa: F401
-                         rng_state, save_checkpoint, set_rng_state)
+                         load_newest, rng_state, save_checkpoint, set_rng_state)
+from .runs import RunError, read_metrics  # noqa: F401  (train.read_metrics: the notebooks' name)
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -59,6 +67,8 @@ def pick_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps") from err
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but no CUDA GPU is available; use 'auto' or 'cpu'")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -90,7 +100,9 @@ class TrainConfig:
     log_every: int = 50            # steps between metric lines
     checkpoint_every: int = 0      # steps between checkpoints (0 = only at the end)
     out_dir: str | None = None     # where checkpoints and metrics go (None = nowhere)
-    resume: bool = False           # continue from out_dir/checkpoint if present
+    resume: bool = False           # continue from the newest readable checkpoint in out_dir
+    overwrite: bool = False        # out_dir holds a run: delete it and start over (else an error)
+    keep_checkpoints: int = 3      # checkpoints kept (the newest, and keep - 1 before it)
     progress: bool = True          # tqdm progress bar (and a start line naming device and seed)
     memory_format: str = "auto"    # auto (channels_last on CUDA) | channels_last | contiguous
 
@@ -197,26 +209,6 @@ def to_channels_last(batch):
 
 
 # ----------------------------------------------------------------------------
-# Metrics: one JSON line per logged step in out_dir/metrics.jsonl (plot: viz.loss_curve)
-
-def read_metrics(path) -> list[dict]:
-    """The rows of a run's metrics.jsonl (path: the file or the run folder)."""
-    path = Path(path)
-    path = path / "metrics.jsonl" if path.is_dir() else path
-    if not path.exists():
-        raise ValueError(f"metrics file not found: {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _keep_metrics_until(path: Path, step: int) -> None:
-    """After a resume, drop metric lines logged after the checkpoint (they get redone)."""
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(r + "\n" for r in rows))
-
-
-# ----------------------------------------------------------------------------
 # The loop
 
 class NaNLossError(RuntimeError):
@@ -279,104 +271,86 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
         loss_module = distributed.wrap(loss_module, device)  # broadcasts rank 0's weights
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # after the broadcast
 
-    # 3. Resume, or start a fresh run folder.
+    # 3. The run folder: lock it, then continue the run in it or start one (runs.py).
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_dir = out_dir / "checkpoint" if out_dir else None
-    start = 0
-    if out_dir is not None:
-        found = find_checkpoint(ckpt_dir)
-        if cfg.resume and found is not None:
-            state = load_checkpoint(found, model, ema)
-            optimizer.load_state_dict(state["optimizer"])
-            if state["scaler"] and scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            if len(state["rng"]) == info.world_size:
-                set_rng_state(state["rng"][info.rank], generator, device)
-            else:  # another number of processes: fresh but reproducible streams
-                torch.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
-                generator.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
-            start = int(state["step"])
+    if cfg.keep_checkpoints < 1:
+        raise ValueError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
+    lock = runs.open_run(out_dir, cfg.resume, cfg.overwrite, name) if out_dir and main else None
+    with lock or contextlib.nullcontext():
+        start = 0
+        if out_dir is not None and cfg.resume:
+            start = _resume(ckpt_dir, model, ema, optimizer, scaler, generator, device, info, cfg, name)
+        if lock:
+            runs.write_run_config(out_dir, {"name": name, "world_size": info.world_size, **asdict(cfg)})
+            runs.keep_metrics_until(out_dir, start)
+        if main and cfg.progress:
+            print(f"[{name}] training on {device} x {info.world_size} | {precision} | seed {cfg.seed} "
+                  f"| steps {start}..{cfg.steps} | batch {cfg.batch_size} per process")
+        # 4. The loop.
+        metrics = runs.MetricsLog(out_dir) if out_dir and main else None
+        history: list[dict] = []
+        model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(range(start, cfg.steps), desc=name, disable=not (cfg.progress and main),
+                   initial=start, total=cfg.steps, dynamic_ncols=True)
+        step = start
+        try:
+            for step in bar:
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = sample_batch(cfg.batch_size, generator, device)
+                if channels_last:
+                    batch = to_channels_last(batch)
+                with autocast_context(device, precision):
+                    out = loss_module(batch)
+                loss, extra = out if isinstance(out, tuple) else (out, {})
+                if distributed.any_rank(not torch.isfinite(loss).item(), info, device):
+                    kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
+                    raise NaNLossError(
+                        f"[{name}] loss is {loss.item()} at step {step}; stopping. "
+                        + (f"The last good checkpoint, {kept}, is kept (continue from it with "
+                           f"--resume). " if kept else "No checkpoint was written before it. ")
+                        + "Try a lower learning rate (--lr) or fp32 precision.")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()  # under DDP: gradients all-reduced here
+                scaler.unscale_(optimizer)
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+                scaler.step(optimizer)  # fp16: skipped if a gradient overflowed
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    row = {"step": done, "loss": distributed.mean(loss, info), "lr": lr,
+                           "grad_norm": float(grad_norm), "batch_size": cfg.batch_size,
+                           "world_size": info.world_size, "seconds": time.perf_counter() - t0,
+                           **{k: float(v) for k, v in extra.items()}}
+                    history.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    if metrics:
+                        metrics.write(row)
+                if ckpt_dir and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                                 or done == cfg.steps):
+                    rngs = distributed.gather(rng_state(generator, device), info)  # every rank's
+                    if main:
+                        save_checkpoint(ckpt_dir, model, ema, {
+                            "step": done, "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(), "ema_updates": ema.updates if ema else 0,
+                            "rng": rngs, "world_size": info.world_size,
+                            "settings": runs.settings(asdict(cfg), info.world_size)}, keep=cfg.keep_checkpoints)
+        except KeyboardInterrupt:
+            kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
             if main:
-                print(f"[{name}] resumed from {found} at step {start}")
-        elif found is not None and main:
-            print(f"[{name}] note: {found} exists; starting over (resume=True / --resume continues "
-                  f"it). It is replaced at this run's first checkpoint.")
-        elif cfg.resume and main:
-            print(f"[{name}] no checkpoint in {ckpt_dir} to resume from: starting at step 0")
-        if main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "config.json", "w") as f:
-                json.dump({"name": name, "world_size": info.world_size, **asdict(cfg)}, f,
-                          indent=2, default=str)
-            _keep_metrics_until(out_dir / "metrics.jsonl", start)
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if out_dir and main else None
-    if main and cfg.progress:
-        print(f"[{name}] training on {device} x {info.world_size} | {precision} | seed {cfg.seed} "
-              f"| steps {start}..{cfg.steps} | batch {cfg.batch_size} per process")
-
-    # 4. The loop.
-    history: list[dict] = []
-    model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=name, disable=not (cfg.progress and main),
-               initial=start, total=cfg.steps, dynamic_ncols=True)
-    step = start
-    try:
-        for step in bar:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = sample_batch(cfg.batch_size, generator, device)
-            if channels_last:
-                batch = to_channels_last(batch)
-            with autocast_context(device, precision):
-                out = loss_module(batch)
-            loss, extra = out if isinstance(out, tuple) else (out, {})
-            if distributed.any_rank(not torch.isfinite(loss).item(), info, device):
-                kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
-                raise NaNLossError(
-                    f"[{name}] loss is {loss.item()} at step {step}; stopping. "
-                    + (f"The last good checkpoint, {kept}, is kept (continue from it with "
-                       f"--resume). " if kept else "No checkpoint was written before it. ")
-                    + "Try a lower learning rate (--lr) or fp32 precision.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # under DDP: gradients all-reduced here
-            scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            scaler.step(optimizer)  # fp16: skipped if a gradient overflowed
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                row = {"step": done, "loss": distributed.mean(loss, info), "lr": lr,
-                       "grad_norm": float(grad_norm), "batch_size": cfg.batch_size,
-                       "world_size": info.world_size, "seconds": time.perf_counter() - t0,
-                       **{k: float(v) for k, v in extra.items()}}
-                history.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                if metrics_file:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-            if ckpt_dir and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                             or done == cfg.steps):
-                rngs = distributed.gather(rng_state(generator, device), info)  # every rank's
-                if main:
-                    save_checkpoint(ckpt_dir, model, ema, {
-                        "step": done, "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "ema_updates": ema.updates if ema else 0,
-                        "rng": rngs, "world_size": info.world_size})
-    except KeyboardInterrupt:
-        kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
-        if main:
-            print(f"\n[{name}] interrupted during step {step}. "
-                  + (f"{kept} is kept: continue with resume=True (--resume)." if kept else
-                     "No checkpoint was written (set checkpoint_every and out_dir to keep progress)."))
-        raise
-    finally:
-        bar.close()
-        if metrics_file:
-            metrics_file.close()
+                print(f"\n[{name}] interrupted during step {step}. "
+                      + (f"{kept} is kept: continue with resume=True (--resume)." if kept else
+                         "No checkpoint was written (set checkpoint_every and out_dir to keep progress)."))
+            raise
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
     for module in (model, ema.model if ema is not None else None):
         if module is not None:
             distributed.sync_buffers(module, info)  # BatchNorm statistics: rank 0's everywhere
@@ -386,3 +360,31 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
     final = ema.model if ema is not None else model
     return TrainResult(model=final, raw_model=model, history=history, seconds=seconds,
                        steps_run=max(0, cfg.steps - start))
+
+
+def _resume(ckpt_dir, model, ema, optimizer, scaler, generator, device, info, cfg, name) -> int:
+    """Load the newest readable checkpoint into everything; return its step (0 if there is none)."""
+    main = info.is_main
+    found = load_newest(ckpt_dir, model, ema, optimizer, scaler, say=print if main else None)
+    if found is None:
+        if main:
+            print(f"[{name}] no checkpoint in {ckpt_dir.parent} to resume from: starting at step 0")
+        return 0
+    state, folder = found
+    try:
+        if len(state["rng"]) == info.world_size:
+            set_rng_state(state["rng"][info.rank], generator, device)
+        else:  # another number of processes: fresh but reproducible streams
+            torch.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
+            generator.manual_seed(cfg.seed + info.rank + 7919 * state["step"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{folder / 'state.pt'}: the random generator states cannot be "
+                              f"restored ({type(err).__name__}: {err})") from err
+    start = state["step"]
+    if main:
+        print(f"[{name}] resumed from {folder} at step {start}")
+        changed = runs.changed_settings(state.get("settings"), runs.settings(asdict(cfg), info.world_size))
+        if changed:
+            print(f"[{name}] note: the checkpoint was written with other settings ({changed}); the "
+                  f"run goes on, but it will no longer match an uninterrupted run with either")
+    return start

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,27 @@ class UNetConfig:
     norm_groups: int = 8                                # GroupNorm groups (divides every channel count)
     time_embed_mult: int = 4                            # time-embedding width = base_channels * this
 
+    # Allowed values (checked before a model is built from a config file; see validate.py).
+    LIMITS: ClassVar[dict] = {"in_channels": (1, 64), "out_channels": (1, 64), "base_channels": (1, 1024),
+                              "channel_mults": (1, 16), "num_res_blocks": (1, 8), "num_heads": (1, 64),
+                              "context_dim": (1, 4096), "dropout": (0.0, 0.9), "norm_groups": (1, 256),
+                              "time_embed_mult": (1, 16)}
+
+    def __post_init__(self):
+        """The fields must agree with each other (one level per channel_mults entry, and so on)."""
+        if len(self.attention_levels) != len(self.channel_mults):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries; it needs one "
+                             f"per level of channel_mults ({len(self.channel_mults)})")
+        widths = [self.base_channels * mult for mult in self.channel_mults]
+        for width in [self.base_channels] + widths:
+            if width % self.norm_groups:
+                raise ValueError(f"norm_groups={self.norm_groups} must divide every channel count "
+                                 f"(base_channels and base_channels * channel_mults), but not {width}")
+        attended = [w for w, a in zip(widths, self.attention_levels) if a] + widths[-1:]  # + the middle
+        for width in attended:
+            if width % self.num_heads:
+                raise ValueError(f"num_heads={self.num_heads} must divide the attention width {width}")
+
 
 class UNet(nn.Module):
     """eps_pred = UNet(x_t, t, context): predict the noise in x_t.
@@ -301,6 +323,9 @@ class MLPConfig:
     hidden: int = 128          # width of the hidden layers
     num_layers: int = 3        # hidden layers
     time_dim: int = 32         # sinusoidal time-embedding width
+
+    LIMITS: ClassVar[dict] = {"data_dim": (1, 64), "hidden": (1, 4096), "num_layers": (1, 64),
+                              "time_dim": (2, 4096)}
 
 
 class MLPDenoiser(nn.Module):

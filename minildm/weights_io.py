@@ -9,7 +9,9 @@ is saved as
     folder/model.safetensors    the weights
 
 and every way a file can be wrong (missing, truncated, corrupt, from another
-architecture) gives one WeightsError naming the file and what was expected.
+architecture, NaN weights, a config with wrong types or absurd sizes) gives one
+WeightsError naming the file and what was expected. A folder is checked before
+the model is built (validate.py), so a hostile config.json costs no memory.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError as SafetensorsError  # the class is SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"  # shipped, read-only when installed
@@ -30,10 +34,23 @@ class WeightsError(ValueError):
     """A weights or config file that cannot be used; the message says why and what was expected."""
 
 
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+def write_atomic(data: bytes, path) -> None:
+    """Write bytes to `path` all or nothing: a temp file per process, fsync, then rename.
+
+    A kill or a full disk leaves the previous file untouched. Write errors raise
+    OSError (errno ENOSPC for a full disk) after the temp file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temp file per process (torchrun)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_safetensors(state_dict: dict, path) -> None:
@@ -41,31 +58,55 @@ def save_safetensors(state_dict: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temp file per process (torchrun)
-    save_file(tensors, str(tmp))
-    _atomic_replace(tmp, path)
+    write_atomic(safetensors_bytes(tensors), path)
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise WeightsError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} is a folder or a device; expected a file")
 
 
 def read_safetensors(path) -> dict:
-    """Read a safetensors file into a dict of CPU tensors, with a clear error."""
+    """Read a safetensors file into a dict of CPU tensors, with a clear error.
+
+    A tensor holding NaN or an infinity is refused (WeightsError naming it): such
+    weights would turn every image black without any other sign of trouble.
+    """
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"weights file not found: {path}")
+    _check_file(path, "weights file")
     try:
-        return load_file(str(path), device="cpu")
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as err:
+        raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
+                           f"safetensors file ({err}). Re-download, re-train, or restore it.") from err
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(f"weights file {path}: tensor {name} holds {bad} NaN or infinite "
+                               f"value(s); only finite weights can be loaded. Re-train or restore it.")
+    return tensors
+
+
+def read_shapes(path) -> dict:
+    """{tensor name: shape} from a safetensors file's header, without reading any tensor."""
+    path = Path(path)
+    _check_file(path, "weights file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorsError, OSError, ValueError, RuntimeError) as err:
         raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
                            f"safetensors file ({err}). Re-download, re-train, or restore it.") from err
 
 
-def load_safetensors(model: nn.Module, path) -> None:
-    """Load a safetensors file into `model`; any mismatch names the file and the tensors."""
-    tensors = read_safetensors(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong_shape = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
-                   for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+def check_shapes(expected: dict, found: dict, path, model_name: str) -> None:
+    """WeightsError naming the file and the first mismatch unless the names and shapes agree."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = [f"{k}: file {tuple(found[k])} vs model {tuple(v)}"
+                   for k, v in expected.items() if k in found and tuple(found[k]) != tuple(v)]
     if missing or unexpected or wrong_shape:
         details = []
         if missing:
@@ -74,8 +115,15 @@ def load_safetensors(model: nn.Module, path) -> None:
             details.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if wrong_shape:
             details.append(f"{len(wrong_shape)} with the wrong shape (e.g. {wrong_shape[0]})")
-        raise WeightsError(f"weights file {path} does not fit {type(model).__name__}: "
+        raise WeightsError(f"weights file {path} does not fit {model_name}: "
                            + "; ".join(details) + ". Was it saved from a different architecture or config?")
+
+
+def load_safetensors(model: nn.Module, path) -> None:
+    """Load a safetensors file into `model`; any mismatch names the file and the tensors."""
+    tensors = read_safetensors(path)
+    check_shapes({k: v.shape for k, v in model.state_dict().items()},
+                 {k: v.shape for k, v in tensors.items()}, path, type(model).__name__)
     model.load_state_dict(tensors)
 
 
@@ -83,29 +131,25 @@ def save_config(config, path) -> None:
     """A dataclass config -> JSON file (atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one temp file per process (torchrun)
-    tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    _atomic_replace(tmp, path)
+    write_atomic(json.dumps(dataclasses.asdict(config), indent=2).encode(), path)
 
 
 def load_config(config_class, path):
-    """JSON file -> config_class(**fields), rejecting unknown fields with a clear error."""
+    """JSON file -> config_class(**fields), every field checked first (validate.py).
+
+    Unknown fields, wrong types and out-of-range values are refused with a
+    WeightsError naming the file and the field; missing fields take their defaults.
+    """
+    from . import validate  # (validate imports this module's WeightsError)
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"config file not found: {path}")
+    _check_file(path, "config file")
     try:
         fields = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise WeightsError(f"config file {path} is not valid JSON ({err})") from err
-    known = {f.name for f in dataclasses.fields(config_class)}
-    if not isinstance(fields, dict) or set(fields) - known:
-        unknown = sorted(set(fields) - known) if isinstance(fields, dict) else fields
-        raise WeightsError(f"config file {path} does not describe a {config_class.__name__}: "
-                           f"unknown fields {unknown}; expected fields {sorted(known)}")
-    for f in dataclasses.fields(config_class):  # JSON turns tuples into lists
-        if f.name in fields and isinstance(fields[f.name], list):
-            fields[f.name] = tuple(fields[f.name])
-    return config_class(**fields)
+    except RecursionError as err:
+        raise WeightsError(f"config file {path} is nested too deeply to be a config") from err
+    return validate.build_config(config_class, fields, path)
 
 
 def save_pretrained(model: nn.Module, config, folder) -> Path:
@@ -122,13 +166,54 @@ def resolve_folder(path, default_name: str) -> Path:
     if not folder.exists():
         hint = (" Train them with `python -m minildm train all --preset cpu`." if path is None else "")
         raise WeightsError(f"weights folder not found: {folder}.{hint}")
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder {folder} is a file; expected a folder holding "
+                           f"config.json and model.safetensors")
+    return folder
+
+
+def check_device(device) -> torch.device:
+    """A device name or torch.device -> torch.device, refusing ones this machine lacks
+    (one clear ValueError, the same check as the command line's --device)."""
+    from .train import pick_device  # (train imports this module through checkpoint.py)
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a name such as 'cpu', 'cuda' or 'auto', got {device!r}")
+    return pick_device(device)
+
+
+def check_writable_folder(folder) -> Path:
+    """Make sure `folder` can be written before long work starts: create it if needed and
+    write (then remove) a probe file. Raises WeightsError naming the folder otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WeightsError(f"output folder {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise WeightsError(f"cannot write to output folder {folder}: {err.strerror or err}") from err
     return folder
 
 
 def from_pretrained(model_class, config_class, path, default_name: str, device="cpu"):
-    """Build model_class(config) from a folder written by save_pretrained and load its weights."""
+    """Build model_class(config) from a folder written by save_pretrained and load its weights.
+
+    In order, cheapest first, so a hostile folder costs no memory: check the device,
+    the config (types, ranges), the model's size on the meta device, the weights
+    file's names and shapes (header only); then build the model and load the weights.
+    """
+    from . import validate
+    device = check_device(device)
     folder = resolve_folder(path, default_name)
     config = load_config(config_class, folder / "config.json")
+    skeleton = validate.meta_model(model_class, config, folder / "config.json")
+    weights = folder / "model.safetensors"
+    check_shapes({k: v.shape for k, v in skeleton.state_dict().items()}, read_shapes(weights),
+                 weights, model_class.__name__)
     model = model_class(config)
-    load_safetensors(model, folder / "model.safetensors")
+    load_safetensors(model, weights)
     return model.to(device).eval()
