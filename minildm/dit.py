@@ -28,6 +28,7 @@ Taught in notebooks/08_sd3.ipynb.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -258,6 +259,22 @@ class DiTConfig:
     attention: str = "cross"          # how the text enters: "cross" (PixArt-alpha) or "joint" (SD3's MMDiT)
     pooled_context: bool = False      # also add the mean text token to the time embedding (as SD3 does)
 
+    # Allowed values (checked before a model is built from a config file; see validate.py).
+    LIMITS: ClassVar[dict] = {"in_channels": (1, 64), "input_size": (1, 256), "patch_size": (1, 16),
+                              "width": (1, 4096), "depth": (1, 64), "num_heads": (1, 64),
+                              "mlp_ratio": (0.25, 16.0), "context_dim": (1, 4096)}
+
+    def __post_init__(self):
+        """The fields must agree with each other."""
+        if self.attention not in ("cross", "joint"):
+            raise ValueError(f"attention must be 'cross' or 'joint', got {self.attention!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads={self.num_heads}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} must be divisible by patch_size {self.patch_size}")
+        if self.pooled_context and self.context_dim is None:
+            raise ValueError("pooled_context needs a context: set context_dim")
+
 
 class DiT(nn.Module):
     """v_pred (or eps_pred) = DiT(x_t, t, context): a Transformer over the latent's patches.
@@ -282,15 +299,7 @@ class DiT(nn.Module):
 
     def __init__(self, config: DiTConfig | None = None):
         super().__init__()
-        self.config = cfg = config or DiTConfig()
-        if cfg.attention not in ("cross", "joint"):
-            raise ValueError(f"attention must be 'cross' or 'joint', got {cfg.attention!r}")
-        if cfg.width % cfg.num_heads:
-            raise ValueError(f"width {cfg.width} must be divisible by num_heads={cfg.num_heads}")
-        if cfg.input_size % cfg.patch_size:
-            raise ValueError(f"input_size {cfg.input_size} must be divisible by patch_size {cfg.patch_size}")
-        if cfg.pooled_context and cfg.context_dim is None:
-            raise ValueError("pooled_context needs a context: set context_dim")
+        self.config = cfg = config or DiTConfig()   # DiTConfig checks that its fields agree
         patch_dim = cfg.patch_size ** 2 * cfg.in_channels
         self.patch_embed = nn.Linear(patch_dim, cfg.width)
         self.register_buffer("pos_embed", pos_embed_2d(cfg.input_size // cfg.patch_size, cfg.width),

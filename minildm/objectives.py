@@ -16,11 +16,16 @@ The conversions, written once here and used by the samplers and the pipeline:
 The training objective is DDPM Algorithm 1 (`diffusion_loss`): draw t and eps,
 noise x0, regress the network's output onto the target (eps or v).
 
+Rectified flow (`flow_matching_loss`, lesson 08) replaces the schedule by a straight
+line, x_s = (1 - s) x0 + s eps for s in [0, 1], and the network predicts the velocity
+v = eps - x0 along it; x0 = x_s - s v (`x0_from_velocity`).
+
 Every trained denoiser is saved with a `DiffusionConfig` (diffusion.json next to
 its config.json): the schedule it was trained with, the prediction type and the
 x0 clipping range its samplers use, so loading a model never guesses.
 
-Taught in notebooks/01_forward_diffusion.ipynb (x0 from eps) and 02_ddpm.ipynb (the loss, v).
+Taught in notebooks/01_forward_diffusion.ipynb (x0 from eps), 02_ddpm.ipynb (the loss, v)
+and 08_sd3.ipynb (rectified flow).
 """
 from __future__ import annotations
 
@@ -154,6 +159,88 @@ def as_eps_model(model: nn.Module, schedule: NoiseSchedule, prediction: str) -> 
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     return model if prediction == "eps" else EpsFromV(model, schedule).eval()
+
+
+# ----------------------------------------------------------------------------
+# Rectified flow (flow matching): a straight line from data to noise
+
+FLOW_TIMESTEPS = 1000   # the network sees t = 1000 s (a float), on the same scale as DDPM's integer t
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
+
+
+def flow_interpolate(x0: torch.Tensor, s, noise: torch.Tensor) -> torch.Tensor:
+    """x_s = (1 - s) x0 + s eps: the point a fraction s of the way along the line from x0 to eps.
+
+    s is a float or a tensor (B,) with values in [0, 1]; s = 0 is the data, s = 1 pure noise.
+    """
+    s = torch.as_tensor(s, dtype=x0.dtype, device=x0.device).reshape(-1, *[1] * (x0.ndim - 1))  # (B or 1, 1, ...)
+    return (1 - s) * x0 + s * noise
+
+
+def x0_from_velocity(xs, v, s):
+    """x0 = x_s - s v: walk back from x_s to s = 0 along the straight line (s a float or broadcastable)."""
+    return xs - s * v
+
+
+def sample_flow_time(batch_size: int, timestep_sampling: str = "uniform", generator=None, device="cpu"):
+    """s (B,) in (0, 1): uniform, or SD3's logit-normal, s = sigmoid(n) with n ~ N(0, 1).
+
+    The logit-normal density (Esser et al. 2024, eq. 19 with m = 0, s = 1) puts most
+    training examples around s = 0.5, where predicting v is hardest, and few at the ends,
+    where it is easy: near s = 0, x_s is almost x0 and the best v is almost -x_s; near
+    s = 1, x_s is almost eps and the best v is almost x_s - mean(x0).
+    """
+    if timestep_sampling not in TIMESTEP_SAMPLING:
+        raise ValueError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, "
+                         f"got {timestep_sampling!r}")
+    gen_device = generator.device if generator is not None else device
+    if timestep_sampling == "uniform":
+        s = torch.rand(batch_size, generator=generator, device=gen_device)
+    else:
+        s = torch.sigmoid(torch.randn(batch_size, generator=generator, device=gen_device))
+    return s.to(device)
+
+
+def flow_matching_loss(model, x0: torch.Tensor, context=None, context_mask=None, s: torch.Tensor | None = None,
+                       noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       timestep_sampling: str = "uniform") -> torch.Tensor:
+    """The rectified-flow loss (Liu et al. 2022; Lipman et al. 2022; SD3, Esser et al. 2024):
+
+        x0 ~ data,  s ~ p(s) on [0, 1],  eps ~ N(0, I)
+        x_s = (1 - s) x0 + s eps                   a straight line from the data (s = 0) to noise (s = 1)
+        v   = d x_s / d s = eps - x0               the velocity along it: the target
+        loss = || v - v_theta(x_s, t = 1000 s) ||^2
+
+    The best possible v_theta is the average velocity E[eps - x0 | x_s] through each
+    point; following it backwards from s = 1 to 0 (samplers.FlowEulerSampler) carries
+    noise to data. The network gets t = 1000 s as a float, so the sinusoidal time
+    embedding of the UNet and the DiT needs no change.
+
+    x0 (B, ...), context (B, L, D) and context_mask (B, L) as in diffusion_loss;
+    s (B,) and noise (like x0) may be given for a deterministic loss, otherwise
+    drawn (from `generator` if given), s by timestep_sampling: "uniform" or
+    "logit_normal". Returns a scalar tensor.
+
+    Taught in notebooks/08_sd3.ipynb.
+    """
+    B = x0.shape[0]
+    if s is None:
+        s = sample_flow_time(B, timestep_sampling, generator, x0.device)
+    elif timestep_sampling not in TIMESTEP_SAMPLING:
+        raise ValueError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}, "
+                         f"got {timestep_sampling!r}")
+    s = torch.as_tensor(s, dtype=torch.float32, device=x0.device).reshape(-1).expand(B)   # (B,)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                            device=generator.device if generator is not None else x0.device).to(x0.device)
+    xs = flow_interpolate(x0, s, noise)                               # (B, ...)
+    target = noise - x0                                               # v = eps - x0
+    t = s * FLOW_TIMESTEPS                                            # (B,) float
+    if context is None:
+        pred = model(xs, t)
+    else:
+        pred = model(xs, t, context=context, context_mask=context_mask)
+    return F.mse_loss(pred.float(), target.float())
 
 
 # ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ network lives in `sample(eps_fn, sampler, xT)`, a dozen lines.
 
     DDPMSampler   ancestral sampling, all T steps, fresh noise each step (DDPM Algorithm 2)
     DDIMSampler   any number of steps; eta = 0 is deterministic, eta = 1 is DDPM again
+    FlowEulerSampler, FlowHeunSampler   rectified flow: integrate dx/ds = v from s = 1 to 0 (lesson 08)
     classifier_free_guidance   wraps a conditional model into eps_fn (used in lesson 06)
     img2img_start              SDEdit: start from a noised real image instead of pure noise
 
@@ -22,14 +23,19 @@ Symbol map (the same for both samplers):
     prev_t      the next timestep in `timesteps` (t - 1 for DDPM; -1 means "x0")
     sigma       std of the fresh noise added in this step
 
-Taught in notebooks/02_ddpm.ipynb (DDPM) and notebooks/03_ddim.ipynb (DDIM, eta, steps).
+A flow sampler's `step(v_pred, t, xt)` has the same form: the prediction is the
+velocity v, t = 1000 s is a float, and the same `sample` loop, guidance wrapper and
+img2img start drive it.
+
+Taught in notebooks/02_ddpm.ipynb (DDPM), notebooks/03_ddim.ipynb (DDIM, eta, steps)
+and notebooks/08_sd3.ipynb (Euler, Heun).
 """
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
-from .objectives import x0_from_eps
+from .objectives import FLOW_TIMESTEPS, flow_interpolate, x0_from_eps, x0_from_velocity
 from .schedule import NoiseSchedule
 
 
@@ -169,6 +175,104 @@ class DDIMSampler(_Sampler):
         return x_prev, x0_pred
 
 
+class _FlowSampler:
+    """What the rectified-flow ODE samplers share: the grid of s from 1 (noise) to 0 (data).
+
+    The network predicts the velocity v = dx/ds (objectives.flow_matching_loss);
+    sampling integrates dx/ds = v(x, s) backwards over s_0 = 1 > s_1 > ... > s_N = 0,
+    evenly spaced. The network sees t = 1000 s (a float tensor), so `timesteps`
+    holds floats, and x0_pred = x_s - s v (objectives.x0_from_velocity).
+    """
+
+    def __init__(self, num_steps: int = 50):
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= FLOW_TIMESTEPS:
+            raise ValueError(f"num_steps must be an int in 1..{FLOW_TIMESTEPS} (ODE steps from s = 1 to 0), "
+                             f"got {num_steps!r}")
+        self.num_steps = num_steps
+        self.sigmas = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)   # (N+1,) s_0 = 1 ... s_N = 0
+        self.timesteps = (self.sigmas[:-1] * FLOW_TIMESTEPS).float()                  # (N,) t = 1000 s, one per step
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def _index(self, t: float) -> int:
+        """i such that t = 1000 s_i (the grid point t sits on)."""
+        matches = (self.sigmas * FLOW_TIMESTEPS - float(t)).abs() < 1e-3
+        if not matches[:-1].any():
+            raise ValueError(f"t={float(t)} is not one of this sampler's timesteps")
+        return int(matches.nonzero()[0])
+
+    def _check_step(self, v_pred, xt):
+        if v_pred.shape != xt.shape:
+            raise ValueError(f"v_pred shape {tuple(v_pred.shape)} must equal xt shape {tuple(xt.shape)}")
+
+    def start_index(self, step: int) -> int:
+        """Index in `timesteps` where step number `step` (0..N) begins (img2img skips the first ones)."""
+        return step
+
+
+class FlowEulerSampler(_FlowSampler):
+    """Euler's method on dx/ds = v(x, s), from s = 1 to s = 0 in num_steps equal steps:
+
+        x_{s_{i+1}} = x_{s_i} + (s_{i+1} - s_i) v(x_{s_i}, s_i)            (s_{i+1} - s_i < 0)
+
+    If the paths of the flow were exactly straight, one step would suffice; the
+    learned (averaged) paths bend a little, so a few steps are needed. Euler on
+    this ODE is DDIM (eta = 0) written in the flow's own coordinates.
+
+    Taught in notebooks/08_sd3.ipynb.
+    """
+
+    def step(self, v_pred: torch.Tensor, t: float, xt: torch.Tensor, generator=None):
+        """v_pred, xt (B, ...), t in self.timesteps -> (x at the next s (B, ...), x0_pred (B, ...))."""
+        self._check_step(v_pred, xt)
+        i = self._index(t)
+        s, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        return xt + (s_next - s) * v_pred, x0_from_velocity(xt, v_pred, s)
+
+
+class FlowHeunSampler(_FlowSampler):
+    """Heun's method (Karras et al. 2022, Algorithm 1, no churn): two slopes per step.
+
+        1. d1     = v(x_i, s_i)                            the slope here
+        2. x_e    = x_i + (s_{i+1} - s_i) d1                an Euler guess at s_{i+1}
+        3. d2     = v(x_e, s_{i+1})                        the slope there
+        4. x_{i+1} = x_i + (s_{i+1} - s_i) (d1 + d2) / 2    the trapezoid rule: error O(h^2), Euler's O(h)
+
+    Twice the network calls per step, but far fewer steps for the same accuracy.
+    To keep the single loop of `sample`, `timesteps` lists both evaluation times
+    of each step, [t_0, t_1 | t_1, t_2 | ... | t_{N-1}, t_N] (2N entries), and
+    `step` alternates: the first call of a step returns x_e and remembers (x_i, d1),
+    the second returns x_{i+1} (as diffusers' HeunDiscreteScheduler does); a
+    `sample` callback sees both halves.
+
+    Taught in notebooks/08_sd3.ipynb.
+    """
+
+    def __init__(self, num_steps: int = 25):
+        super().__init__(num_steps)
+        t = (self.sigmas * FLOW_TIMESTEPS).float()                                     # (N+1,)
+        self.timesteps = torch.stack([t[:-1], t[1:]], dim=1).reshape(-1)               # (2N,) pairs (t_i, t_{i+1})
+        self._pending = None                                                           # x_i, d1, ... between the calls
+
+    def start_index(self, step: int) -> int:
+        return 2 * step
+
+    def step(self, v_pred: torch.Tensor, t: float, xt: torch.Tensor, generator=None):
+        """v_pred, xt (B, ...), t in self.timesteps -> (x_e or x_{i+1} (B, ...), x0_pred (B, ...))."""
+        self._check_step(v_pred, xt)
+        pending = self._pending
+        if pending is not None and abs(pending["t_next"] - float(t)) < 1e-3:           # second call: 3.-4.
+            self._pending = None
+            h = pending["s_next"] - pending["s"]
+            x_next = pending["x"] + h * (pending["d1"] + v_pred) / 2
+            return x_next, x0_from_velocity(xt, v_pred, pending["s_next"])
+        i = self._index(t)                                                              # first call: 1.-2.
+        s, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        self._pending = dict(t_next=s_next * FLOW_TIMESTEPS, s=s, s_next=s_next, x=xt, d1=v_pred)
+        return xt + (s_next - s) * v_pred, x0_from_velocity(xt, v_pred, s)
+
+
 def classifier_free_guidance(model, context, uncond_context, guidance_scale: float,
                              context_mask=None, uncond_mask=None):
     """Wrap a conditional denoiser into eps_fn(xt, t) with classifier-free guidance:
@@ -178,6 +282,8 @@ def classifier_free_guidance(model, context, uncond_context, guidance_scale: flo
     w = 1 is the plain conditional model, w > 1 follows the prompt more closely
     (at some cost in variety). Both predictions come from one batched forward of
     [uncond; cond]. uncond_context may have batch size 1 (it is expanded).
+    The combination is linear, so it guides whatever the model predicts: eps, v,
+    or a flow's velocity (v = v_u + w (v_c - v_u), as SD3 does).
 
     context (B, L, D), uncond_context (B or 1, L, D), masks (B, L) bool (True = real token).
     Taught in notebooks/06_latent_diffusion.ipynb.
@@ -206,7 +312,9 @@ def sample(eps_fn, sampler: _Sampler, xT: torch.Tensor, generator=None, start_in
            progress: bool = True, return_trajectory: bool = False, callback=None):
     """Run the reverse process from xT through sampler.timesteps[start_index:].
 
-    eps_fn(xt (B, ...), t (B,) long) -> eps_pred; usually `lambda x, t: model(x, t)`.
+    eps_fn(xt (B, ...), t (B,)) -> the network's prediction; usually `lambda x, t: model(x, t)`.
+    t has the dtype of sampler.timesteps: long for DDPM/DDIM (eps), float for the flow
+    samplers (t = 1000 s; the prediction is the velocity v).
     callback(i, t, xt, x0_pred), when given, runs after step i (t: the timestep just
     taken, xt: the new sample, x0_pred: this step's x0 guess); if it returns a tensor,
     that tensor replaces xt (inpainting pastes the known region back this way).
@@ -216,7 +324,7 @@ def sample(eps_fn, sampler: _Sampler, xT: torch.Tensor, generator=None, start_in
     xt, trajectory = xT, [xT.detach().cpu()]
     for i, t in enumerate(tqdm(timesteps.tolist(), desc=type(sampler).__name__, disable=not progress,
                                leave=False)):
-        t_batch = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
+        t_batch = torch.full((xt.shape[0],), t, dtype=timesteps.dtype, device=xt.device)
         eps_pred = eps_fn(xt, t_batch)
         xt, x0_pred = sampler.step(eps_pred, t, xt, generator=generator)
         if callback is not None:
@@ -227,11 +335,13 @@ def sample(eps_fn, sampler: _Sampler, xT: torch.Tensor, generator=None, start_in
     return (xt, trajectory) if return_trajectory else xt
 
 
-def img2img_start(sampler: _Sampler, x0: torch.Tensor, strength: float, generator=None, noise=None):
+def img2img_start(sampler, x0: torch.Tensor, strength: float, generator=None, noise=None):
     """SDEdit's start point: noise a real x0 part of the way and denoise from there.
 
     strength in [0, 1] is the fraction of the sampler's steps to run: 1 starts
     from (almost) pure noise and ignores the image, 0 returns x0 unchanged.
+    For a flow sampler the start is on the straight line, x_s = (1 - s) x0 + s eps,
+    at the grid point s = round(strength * N) / N (exactly strength when N * strength is whole).
     Returns (xt, start_index) for sample(..., xt, start_index=start_index).
 
     Taught in notebooks/06_latent_diffusion.ipynb.
@@ -239,6 +349,13 @@ def img2img_start(sampler: _Sampler, x0: torch.Tensor, strength: float, generato
     if not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be a number in [0, 1] (0 = keep the image, 1 = ignore it), "
                          f"got {strength!r}")
+    if isinstance(sampler, _FlowSampler):
+        steps_to_run = int(round(float(strength) * sampler.num_steps))
+        skipped = sampler.num_steps - steps_to_run
+        if steps_to_run == 0:
+            return x0, len(sampler.timesteps)
+        noise = _randn_like(x0, generator) if noise is None else noise
+        return flow_interpolate(x0, float(sampler.sigmas[skipped]), noise), sampler.start_index(skipped)
     num = len(sampler.timesteps)
     steps_to_run = int(round(float(strength) * num))
     start_index = num - steps_to_run
