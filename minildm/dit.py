@@ -111,6 +111,7 @@ class Attention(nn.Module):
 
 
 def mlp(width: int, mlp_ratio: float) -> nn.Sequential:
+    """The Transformer's MLP, applied to each token alone: widen, GELU, narrow back."""
     hidden = int(width * mlp_ratio)
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
@@ -147,7 +148,7 @@ class DiTBlock(nn.Module):
         self.norm1, self.norm2 = layer_norm(width), layer_norm(width)
         self.attn = Attention(width, num_heads)
         self.mlp = mlp(width, mlp_ratio)
-        self.norm_cross = nn.LayerNorm(width) if cross else None
+        self.norm_cross = nn.LayerNorm(width) if cross else None   # PixArt-alpha has none; keeps queries in scale
         self.cross_attn = Attention(width, num_heads) if cross else None
         # adaLN-Zero: the six modulation vectors start at 0, so both gates are 0 and
         # x + 0 * branch = x: the block is the identity until training opens the gates.
