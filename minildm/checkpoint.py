@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .weights_io import WeightsError, load_safetensors, save_safetensors
+from .weights_io import WeightsError, load_safetensors, read_metadata, save_safetensors
 
 HISTORY = re.compile(r"checkpoint-(\d+)$")      # checkpoint-000150: an older checkpoint, by step
 
@@ -63,12 +63,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def checkpoint_step(folder) -> int | None:
-    """The step a checkpoint folder was written at (its state.pt, memory-mapped), or None."""
+    """The step a checkpoint folder was written at, or None if it cannot be read.
+
+    Read from model.safetensors' header (save_checkpoint puts it there), which costs
+    microseconds; checkpoints of older minildm versions need their state.pt read.
+    """
+    folder = Path(folder)
     try:
-        step = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"]
-    except Exception:  # noqa: BLE001 - unreadable for any reason: no step
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
+        step = int(read_metadata(folder / "model.safetensors")["step"])
+    except (WeightsError, KeyError, ValueError):
+        try:
+            step = torch.load(folder / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"]
+        except Exception:  # noqa: BLE001 - unreadable for any reason: no step
+            return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 def checkpoints_newest_first(folder) -> list[Path]:
@@ -112,7 +120,7 @@ def save_checkpoint(folder, model: nn.Module, ema: "EMA | None", state: dict, ke
         shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        save_safetensors(model.state_dict(), tmp / "model.safetensors")
+        save_safetensors(model.state_dict(), tmp / "model.safetensors", {"step": str(state["step"])})
         if ema is not None:
             save_safetensors(ema.model.state_dict(), tmp / "ema.safetensors")
         buffer = io.BytesIO()

@@ -53,12 +53,23 @@ def write_atomic(data: bytes, path) -> None:
         raise
 
 
-def save_safetensors(state_dict: dict, path) -> None:
-    """Write tensors to `path` atomically (temp file, then rename)."""
+def save_safetensors(state_dict: dict, path, metadata: dict | None = None) -> None:
+    """Write tensors to `path` atomically (temp file, then rename); `metadata` ({str: str})
+    goes into the file's JSON header (read back with read_metadata, without the tensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    write_atomic(safetensors_bytes(tensors), path)
+    write_atomic(safetensors_bytes(tensors, metadata=metadata), path)
+
+
+def read_metadata(path) -> dict:
+    """The {str: str} metadata of a safetensors file's header ({} if it has none)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorsError, OSError, ValueError, RuntimeError) as err:
+        raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
+                           f"safetensors file ({err})") from err
 
 
 def _check_file(path: Path, what: str) -> None:
