@@ -80,13 +80,16 @@ def cmd_train(args) -> None:
     overrides = {k: v for k, v in {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
         "precision": args.precision, "compile": args.compile or None, "seed": args.seed,
-        "resume": args.resume or None, "checkpoint_every": args.checkpoint_every,
+        "resume": args.resume or None, "checkpoint_every": args.checkpoint_every, "minutes": args.minutes,
     }.items() if v is not None}
     names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
     for name in names:
         module = _module(name)
         print(f"== training {name} (preset {args.preset}) ==", flush=True)
         module.fit(preset=args.preset, out_dir=args.out, run_dir=args.run_dir, **overrides)
+        if args.minutes:   # a budget run ends with a measured line, so a class knows what it got
+            result = module.evaluate(weights=str(Path(args.out) / name), quick=True)
+            print(f"[{name}] after {args.minutes:g} minutes: {module.headline(result)} (quick evaluation)")
 
 
 def cmd_evaluate(args) -> None:
@@ -168,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=_seed)
     p.add_argument("--checkpoint-every", type=_positive_int)
+    p.add_argument("--minutes", type=_positive_float,
+                   help="train as well as possible within this wall-clock budget (the schedule fits it)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.set_defaults(func=cmd_train)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,13 @@ class CLIPConfig:
     vit_layers: int = 4                  # ViT Transformer blocks
     vit_heads: int = 4                   # ViT attention heads
     mlp_ratio: int = 4                   # hidden size of every Transformer MLP = mlp_ratio * width
+
+    # Allowed values (checked before a model is built from a config file; see validate.py).
+    LIMITS: ClassVar[dict] = {"image_size": (8, 256), "embed_dim": (1, 2048), "text_width": (1, 2048),
+                              "text_layers": (1, 24), "text_heads": (1, 64), "vocab_size": (1, 65536),
+                              "context_length": (2, 512), "resnet_widths": (1, 1024), "resnet_heads": (1, 64),
+                              "vit_patch_size": (1, 64), "vit_width": (1, 2048), "vit_layers": (1, 24),
+                              "vit_heads": (1, 64), "mlp_ratio": (1, 16)}
 
     def __post_init__(self):
         if self.image_encoder not in ("resnet", "vit"):
@@ -263,6 +271,11 @@ class MiniCLIP(nn.Module):
             raise ValueError("tokens must be a LongTensor (B, L) from minildm.text.tokenize(prompts)")
         if tokens.shape[1] != self.config.context_length:
             raise ValueError(f"tokens must have {self.config.context_length} positions, got {tokens.shape[1]}")
+        if tokens.numel() and int(tokens.max()) >= self.config.vocab_size:
+            new = sorted({text.VOCAB[i] for i in tokens.flatten().tolist() if i >= self.config.vocab_size})
+            raise ValueError(f"these weights know only the first {self.config.vocab_size} tokens of the vocabulary; "
+                             f"{', '.join(repr(w) for w in new)} came later (retrain CLIP: "
+                             f"python -m minildm train clip --preset cpu)")
 
     def text_hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) -> per-token hidden states (B, L, text_width) after the final LayerNorm.

@@ -39,7 +39,11 @@ def _caption_words() -> list[str]:
     return sorted(words)
 
 
-WORDS = tuple(_caption_words())
+# Words added after the first vocabulary, appended so that every older word keeps its id:
+# "shape" for partial prompts ("a blue shape", lesson 09), the relations of two-object
+# scenes ("a red circle to the left of a blue square", "above", "below", lesson 10).
+EXTRA_WORDS = ("shape", "to", "of", "above", "below")
+WORDS = tuple(_caption_words()) + EXTRA_WORDS
 VOCAB = SPECIAL_TOKENS + WORDS
 TOKEN_TO_ID = {token: i for i, token in enumerate(VOCAB)}
 VOCAB_SIZE = len(VOCAB)

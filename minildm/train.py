@@ -38,7 +38,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -105,6 +105,10 @@ class TrainConfig:
     keep_checkpoints: int = 3      # checkpoints kept (the newest, and keep - 1 before it)
     progress: bool = True          # tqdm progress bar (and a start line naming device and seed)
     memory_format: str = "auto"    # auto (channels_last on CUDA) | channels_last | contiguous
+    minutes: float = 0.0           # > 0: a wall-clock budget; `steps` is then set from the measured speed
+
+
+BUDGET_PROBE_STEPS = 10            # with `minutes`, steps timed before the step count is fixed
 
 
 @dataclass
@@ -122,6 +126,20 @@ class TrainResult:
             return 0.0
         last = self.history[-1]
         return last.get("batch_size", 0) * last.get("world_size", 1) * self.steps_run / self.seconds
+
+
+def steps_for_budget(cfg: TrainConfig, elapsed: float, steps_done: int, seconds_per_step: float) -> TrainConfig:
+    """Turn a wall-clock budget (cfg.minutes) into a step count, so the learning-rate schedule fits it.
+
+    After BUDGET_PROBE_STEPS timed steps, the steps that still fit are
+    (budget - elapsed) / seconds_per_step; the cosine decay then ends exactly when the
+    budget does, so a 2-minute run is a complete (short) training run, not a long one cut
+    off half way. `cfg.steps` stays the upper limit. Taught in notebooks/07_scaling_up.ipynb.
+    """
+    left = max(0.0, 60 * cfg.minutes - elapsed)
+    steps = min(cfg.steps, steps_done + int(left / max(seconds_per_step, 1e-9)))
+    steps = max(steps, steps_done + 1)
+    return replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -292,11 +310,21 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
         history: list[dict] = []
         model.train()
         t0 = time.perf_counter()
-        bar = tqdm(range(start, cfg.steps), desc=name, disable=not (cfg.progress and main),
-                   initial=start, total=cfg.steps, dynamic_ncols=True)
-        step = start
+        bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (cfg.progress and main),
+                   dynamic_ncols=True)
+        step, probe_start = start, None
         try:
-            for step in bar:
+            while step < cfg.steps:
+                if cfg.minutes > 0 and step == start + 2:
+                    probe_start = time.perf_counter()                    # after the first batches' set-up
+                if cfg.minutes > 0 and step == start + 2 + BUDGET_PROBE_STEPS:
+                    per_step = (time.perf_counter() - probe_start) / BUDGET_PROBE_STEPS
+                    per_step = distributed.mean(torch.tensor(per_step), info)   # every rank: one count
+                    cfg = steps_for_budget(cfg, time.perf_counter() - t0, step, per_step)
+                    bar.total = cfg.steps
+                    if main and cfg.progress:
+                        print(f"[{name}] {cfg.minutes:g}-minute budget: {per_step:.3f} s per step -> "
+                              f"{cfg.steps} steps")
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -340,6 +368,8 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
                             "scaler": scaler.state_dict(), "ema_updates": ema.updates if ema else 0,
                             "rng": rngs, "world_size": info.world_size,
                             "settings": runs.settings(asdict(cfg), info.world_size)}, keep=cfg.keep_checkpoints)
+                step = done
+                bar.update(1)
         except KeyboardInterrupt:
             kept = find_checkpoint(ckpt_dir) if ckpt_dir else None
             if main:
@@ -359,7 +389,7 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
     model.eval()
     final = ema.model if ema is not None else model
     return TrainResult(model=final, raw_model=model, history=history, seconds=seconds,
-                       steps_run=max(0, cfg.steps - start))
+                       steps_run=max(0, step - start))
 
 
 def _resume(ckpt_dir, model, ema, optimizer, scaler, generator, device, info, cfg, name) -> int:

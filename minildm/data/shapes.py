@@ -127,6 +127,32 @@ def paraphrase(labels, rng: np.random.Generator) -> str:
     return f"a {size_word} {COLOR_NAMES[c]} {SHAPES[s]} {where}"
 
 
+PARTIAL_WORD = "shape"  # stands in for the shape's name when a partial caption leaves it out
+
+
+def partial_caption(labels, keep, rng: np.random.Generator | None = None) -> str:
+    """A caption naming only the attributes in `keep` (a set of ATTRIBUTES names).
+
+    "a red circle" (shape, color), "a large square on the left" (size, shape, position),
+    "a blue shape" (color only), "a shape" (nothing). With rng, the words are paraphrased
+    as in training. Taught in notebooks/09_toolbox.ipynb (partial and negative prompts).
+    """
+    unknown = set(keep) - set(ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"unknown attributes {sorted(unknown)}; allowed: {', '.join(ATTRIBUTES)}")
+    s, c, z, p = (int(v) for v in labels)
+    pick = (lambda options: options[rng.integers(len(options))]) if rng is not None else (lambda o: o[0])
+    words = ["a"]
+    if "size" in keep:
+        words.append(pick(SIZE_WORDS[SIZES[z]]))
+    if "color" in keep:
+        words.append(COLOR_NAMES[c])
+    words.append(SHAPES[s] if "shape" in keep else PARTIAL_WORD)
+    if "position" in keep:
+        words.append(pick(WHERE_WORDS[p]))
+    return " ".join(words)
+
+
 def all_labels() -> torch.Tensor:
     """All 324 label vectors (324, 4), in caption-index order."""
     grid = torch.cartesian_prod(torch.arange(len(SHAPES)), torch.arange(len(COLORS)),

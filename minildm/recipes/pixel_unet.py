@@ -195,3 +195,8 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, n_ddpm: in
         result[f"{label}_vs_ddpm1000_clean_gap"] = result[label]["clean_rate"] - result["ddpm1000"]["clean_rate"]
     result["ddim50_speedup"] = result["ddpm1000"]["seconds_per_image"] / result["ddim50"]["seconds_per_image"]
     return result
+
+
+def headline(result: dict) -> str:
+    """One line of an evaluate() result: what a student wants to know first."""
+    return f"DDIM-50 images judged clean: {result['ddim50']['clean_rate']:.1%}"

@@ -213,3 +213,9 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, seed: int 
         result["training"] = training
     result["evaluate_seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def headline(result: dict) -> str:
+    """One line of an evaluate() result: what a student wants to know first."""
+    return (f"reconstruction PSNR {result['test']['psnr_db']:.1f} dB, judge reads all four attributes "
+            f"{result['test']['judge_all_four']:.1%}")
