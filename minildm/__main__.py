@@ -7,6 +7,7 @@
     python -m minildm generate "a large red circle in the top left" -n 8 --out grid.png
     python -m minildm img2img in.png "a small blue square at the bottom" --strength 0.6 --out out.png
     python -m minildm bench
+    python -m minildm compare denoisers [--quick]   UNet vs DiT x eps vs rectified flow (lesson 08)
     python -m minildm course student-edition OUT_DIR
     python -m minildm data preview --out shapes.png
 
@@ -138,6 +139,11 @@ def cmd_bench(args) -> None:
     bench_main(args)
 
 
+def cmd_compare(args) -> None:
+    from .recipes.compare import main as compare_main
+    compare_main(args)
+
+
 def cmd_course(args) -> None:
     from .course import write_student_edition
     written = write_student_edition(args.out_dir, args.notebooks)
@@ -188,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-images", type=_positive_int, default=8)
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--sampler", help="the model's sampler (default: its own, ddim; euler for a flow model); "
+                                     "a wrong name is an error that lists the allowed ones")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
     p.add_argument("--out", default="generated.png")
@@ -210,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the JSON to this file")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="side-by-side experiments; prints a table, writes JSON")
+    compare_sub = p.add_subparsers(dest="compare_command", required=True)
+    q = compare_sub.add_parser("denoisers", help="{UNet, DiT-cross, DiT-joint} x {eps + DDIM, flow + Euler} "
+                                                 "at one training budget (lesson 08)")
+    q.add_argument("--quick", action="store_true", help="a few steps and captions (a smoke test)")
+    q.add_argument("--steps", type=_positive_int, help="training steps per cell (default 500)")
+    q.add_argument("--cell", action="append", help="run only this cell, e.g. dit-cross/flow (repeatable)")
+    q.add_argument("--json", help="write the JSON here (a re-run cell is merged into it)")
+    q.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("course", help="course tools for instructors")
     course_sub = p.add_subparsers(dest="course_command", required=True)

@@ -41,6 +41,7 @@ from .schedule import SCHEDULE_KINDS, NoiseSchedule, extract
 from .weights_io import WeightsError, load_config, save_config
 
 PREDICTIONS = ("eps", "v")        # what a network outputs: the noise, or v
+MODEL_PREDICTIONS = PREDICTIONS + ("flow",)   # DiffusionConfig.prediction: also a rectified flow's velocity
 DIFFUSION_FILE = "diffusion.json"  # next to a denoiser's config.json
 
 
@@ -248,10 +249,15 @@ def flow_matching_loss(model, x0: torch.Tensor, context=None, context_mask=None,
 
 @dataclass
 class DiffusionConfig:
-    """How a denoiser was trained and must be sampled (folder/diffusion.json)."""
-    schedule: str = "cosine"       # noise schedule kind: linear | cosine
-    num_timesteps: int = 1000      # T of the forward process
-    prediction: str = "eps"        # network output: eps | v
+    """How a denoiser was trained and must be sampled (folder/diffusion.json).
+
+    prediction="flow" is a rectified-flow model (flow_matching_loss: the network predicts the
+    velocity eps - x0 at t = 1000 s). It has no noise schedule: schedule and num_timesteps are
+    then unused (kept at their defaults), and the flow samplers (Euler, Heun) do not clip x0.
+    """
+    schedule: str = "cosine"       # noise schedule kind: linear | cosine (unused for "flow")
+    num_timesteps: int = 1000      # T of the forward process (unused for "flow")
+    prediction: str = "eps"        # network output: eps | v | flow (a rectified flow's velocity)
     clip_x0: float = 0.0           # samplers keep predicted x0 in [-clip_x0, clip_x0] (0 = no clipping)
 
     def __post_init__(self):
@@ -260,8 +266,8 @@ class DiffusionConfig:
         if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int) \
                 or not 2 <= self.num_timesteps <= 10000:
             raise ValueError(f"num_timesteps must be an int in 2..10000, got {self.num_timesteps!r}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.prediction not in MODEL_PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(MODEL_PREDICTIONS)}, got {self.prediction!r}")
         if isinstance(self.clip_x0, bool) or not isinstance(self.clip_x0, (int, float)) \
                 or not 0 <= self.clip_x0 < float("inf"):
             raise ValueError(f"clip_x0 must be a finite number >= 0 (0 = off), got {self.clip_x0!r}")

@@ -47,13 +47,22 @@ def test_diffusion_config_round_trip_and_validation(tmp_path):
     cfg.save(tmp_path)
     assert DiffusionConfig.load(tmp_path) == cfg
     assert cfg.make_schedule().num_timesteps == 50
-    for bad, allowed in ((dict(schedule="sigmoid"), "linear, cosine"), (dict(prediction="x0"), "eps, v"),
+    for bad, allowed in ((dict(schedule="sigmoid"), "linear, cosine"), (dict(prediction="x0"), "eps, v, flow"),
                          (dict(num_timesteps=1), "2..10000"), (dict(num_timesteps=10.5), "2..10000"),
                          (dict(clip_x0=-1.0), ">= 0"), (dict(clip_x0=float("nan")), ">= 0")):
         with pytest.raises(ValueError, match=allowed):
             DiffusionConfig(**bad)
     with pytest.raises(WeightsError, match="no diffusion.json"):
         DiffusionConfig.load(tmp_path / "empty")
+
+
+def test_flow_diffusion_config(tmp_path):
+    """A rectified-flow model saves prediction "flow"; its schedule fields are unused defaults."""
+    cfg = DiffusionConfig(prediction="flow")
+    cfg.save(tmp_path)
+    assert DiffusionConfig.load(tmp_path) == cfg and cfg.clip_x0 == 0.0
+    with pytest.raises(ValueError, match="prediction must be one of eps, v, flow, got 'velocity'"):
+        DiffusionConfig(prediction="velocity")
 
 
 def test_old_latent_pipeline_json_still_reads(tmp_path):

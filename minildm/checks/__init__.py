@@ -23,3 +23,4 @@ from .lesson04 import clip_logits, clip_loss, zero_shot_predict  # noqa: F401
 from .lesson05 import reparameterize, kl_divergence, latent_numbers  # noqa: F401
 from .lesson06 import guided_eps, sdedit_start  # noqa: F401
 from .lesson07 import lr_schedule, ema_update, shard_batch  # noqa: F401
+from .lesson08 import flow_loss, euler_step, patchify, modulate  # noqa: F401

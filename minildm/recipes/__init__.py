@@ -34,6 +34,7 @@ MODELS = {
     "vae": "minildm.recipes.vae",
     "clip": "minildm.recipes.clip",
     "ldm": "minildm.recipes.ldm",
+    "flow": "minildm.recipes.flow",       # lesson 08: the same latents, rectified flow (a DiT or a UNet)
     "pixel_unet": "minildm.recipes.pixel_unet",
 }
 TRAINING_FILE = "training.json"  # next to a model's weights: how it was trained
