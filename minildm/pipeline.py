@@ -39,8 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -49,7 +50,9 @@ from .objectives import DiffusionConfig, as_eps_model
 from .samplers import DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start, sample
 from .text import PAD_ID, tokenize
 from .unet import UNet
-from .weights_io import PACKAGE_WEIGHTS, WeightsError, load_config, save_config, save_safetensors
+from .validate import build_config
+from .weights_io import (PACKAGE_WEIGHTS, WeightsError, check_device, load_config, read_json, save_config,
+                         save_safetensors)
 
 NAME = "ldm"                    # subfolder of the UNet in a pipeline folder
 MAX_STEPS = 1000                # num_steps allowed: 1..MAX_STEPS
@@ -66,6 +69,10 @@ class PipelineConfig:
     vae_fingerprint: str = ""       # sha256 prefix of the VAE weights used in training ("" = unknown)
     clip_fingerprint: str = ""      # same for the CLIP weights
 
+    # Allowed values (validate.py checks them before anything is built; check_parts checks
+    # them against the networks: the VAE's image and latent shape, the denoiser's channels).
+    LIMITS: ClassVar[dict] = {"latent_channels": (1, 64), "latent_size": (1, 256), "image_size": (8, 256)}
+
 
 LEGACY_DIFFUSION_KEYS = ("schedule", "num_timesteps", "latent_clip")  # pipeline.json before diffusion.json
 
@@ -76,18 +83,30 @@ def load_pipeline_config(ldm_dir: Path) -> PipelineConfig:
     path = ldm_dir / "pipeline.json"
     if (ldm_dir / "diffusion.json").exists():
         return load_config(PipelineConfig, path)
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsError(f"config file {path} is not valid JSON ({err})") from err
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise WeightsError(f"config file {path} should hold a JSON object of PipelineConfig fields")
-    known = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(raw) - known - set(LEGACY_DIFFUSION_KEYS))
-    if unknown:
-        raise WeightsError(f"config file {path} does not describe a PipelineConfig: unknown fields {unknown}; "
-                           f"expected fields {sorted(known)}")
-    return PipelineConfig(**{k: v for k, v in raw.items() if k in known})
+    return build_config(PipelineConfig, {k: v for k, v in raw.items() if k not in LEGACY_DIFFUSION_KEYS}, path)
+
+
+def check_parts(config: PipelineConfig, ldm_dir: Path, vae, clip, unet) -> None:
+    """pipeline.json must agree with the networks it names; WeightsError naming the file and the
+    allowed value otherwise (a 64 where the VAE works at 32 would give wrong images, silently)."""
+    path = ldm_dir / "pipeline.json"
+    expected = {"image_size": vae.config.image_size, "latent_size": vae.config.latent_size,
+                "latent_channels": vae.config.latent_channels}
+    for name, value in expected.items():
+        if getattr(config, name) != value:
+            raise WeightsError(f"{path}: {name} = {getattr(config, name)}, but the VAE it uses works with "
+                               f"{name} = {value}; allowed: {value}")
+    channels = unet.config.in_channels
+    if channels != config.latent_channels:
+        raise WeightsError(f"{ldm_dir / 'config.json'}: in_channels = {channels}, but the VAE's latents "
+                           f"have {config.latent_channels} channels; allowed: {config.latent_channels}")
+    context = getattr(unet.config, "context_dim", None)
+    if context != clip.config.text_width:
+        raise WeightsError(f"{ldm_dir / 'config.json'}: context_dim = {context}, but the CLIP text encoder "
+                           f"gives {clip.config.text_width}-wide tokens; allowed: {clip.config.text_width}")
 
 
 def fingerprint(folder) -> str:
@@ -132,9 +151,12 @@ class LatentDiffusionPipeline:
         """
         from .clip import MiniCLIP
         from .vae import TinyVAE
+        device = check_device(device)                                # before any work
         root = PACKAGE_WEIGHTS if path is None else Path(path)
         if not root.exists():
             raise WeightsError(f"pipeline folder not found: {root}")
+        if not root.is_dir():
+            raise WeightsError(f"{root} is a file; give a pipeline folder (holding ldm/) or its ldm/ folder")
         if (root / "pipeline.json").exists():  # given the ldm/ folder itself
             ldm_dir, root = root, root.parent
         else:
@@ -158,6 +180,7 @@ class LatentDiffusionPipeline:
                 warnings.warn(f"the UNet in {ldm_dir} was trained with other {part.upper()} weights "
                               f"than {folder}; images may look wrong. Keep a pipeline's vae/, clip/ "
                               f"and ldm/ folders together.")
+        check_parts(config, ldm_dir, parts["vae"], parts["clip"], unet)
         return cls(parts["vae"], parts["clip"], unet, config, sources, diffusion)
 
     def save_pretrained(self, folder, dtype=torch.float16) -> Path:
@@ -182,7 +205,7 @@ class LatentDiffusionPipeline:
 
     def to(self, device) -> "LatentDiffusionPipeline":
         """Move the three networks and the schedule to `device` (in place); returns self."""
-        self.device = torch.device(device)
+        self.device = check_device(device)
         for model in (self.vae, self.clip, self.unet):
             model.to(self.device)
         self.schedule = self.schedule.to(self.device)

@@ -47,36 +47,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, runs
+from .devices import pick_device  # noqa: F401  (train.pick_device: the recipes' and notebooks' name)
 from .checkpoint import (CheckpointError, find_checkpoint, load_checkpoint,  # noqa: F401
                          load_newest, rng_state, save_checkpoint, set_rng_state)
 from .runs import RunError, read_metrics  # noqa: F401  (train.read_metrics: the notebooks' name)
 
-DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else mps, else cpu; any other name is checked
-    (ValueError if that device does not exist here). Taught in notebooks/07_scaling_up.ipynb."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps") from err
-    if device.type not in DEVICE_TYPES:
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ValueError("device 'mps' asked for, but Apple's MPS is not available; use 'auto' or 'cpu'")
-    return device
 
 
 @dataclass

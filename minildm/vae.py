@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,11 @@ class VAEConfig:
     blocks_per_level: int = 1     # residual blocks at each resolution level
     kl_weight: float = 1e-6       # KL weight: per-image KL (summed over 256 numbers) vs per-pixel MSE
     scale_factor: float = 1.0     # 1 / std of latent means on data; set by fit() after training
+
+    # Allowed values (checked before a model is built from a config file; see validate.py).
+    LIMITS: ClassVar[dict] = {"image_size": (8, 256), "in_channels": (1, 16), "latent_channels": (1, 64),
+                              "downsample": (1, 64), "base_channels": (1, 512), "channel_mult": (1, 16),
+                              "blocks_per_level": (1, 8), "kl_weight": (0.0, 1.0), "scale_factor": (1e-6, 1e6)}
 
     def __post_init__(self):
         levels = int(round(math.log2(self.downsample))) if self.downsample > 0 else -1

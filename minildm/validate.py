@@ -30,11 +30,15 @@ import math
 import torch
 from torch import nn
 
-from .weights_io import WeightsError
+
+class WeightsError(ValueError):
+    """A weights or config file that cannot be used; the message says why and what was expected.
+    (Defined here, the lowest layer; everything else imports it from weights_io.)"""
+
 
 MAX_PARAMETERS = 200_000_000          # 800 MB in fp32: far above the gpu presets, below a laptop's memory
 MAX_TUPLE_LENGTH = 8                  # entries of a tuple field (levels of a UNet, stages of a ResNet)
-DEFAULT_INT_RANGE = (1, 4096)         # an int field the class's LIMITS do not name
+DEFAULT_INT_RANGE = (1, 10_000)       # an int field the class's LIMITS do not name
 DEFAULT_FLOAT_RANGE = (0.0, 1e6)      # a float field the class's LIMITS do not name
 DEFAULT_RANGES = {"int": DEFAULT_INT_RANGE, "float": DEFAULT_FLOAT_RANGE}
 TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false",

@@ -27,11 +27,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .devices import check_device  # noqa: F401  (pipeline.py checks its device with it too)
+from .validate import WeightsError, build_config, meta_model
+
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"  # shipped, read-only when installed
-
-
-class WeightsError(ValueError):
-    """A weights or config file that cannot be used; the message says why and what was expected."""
 
 
 def write_atomic(data: bytes, path) -> None:
@@ -93,7 +92,9 @@ def read_safetensors(path) -> dict:
         raise WeightsError(f"cannot read weights file {path}: it is truncated or not a "
                            f"safetensors file ({err}). Re-download, re-train, or restore it.") from err
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        # A sum is NaN or inf whenever an entry is (one cheap reduction); only then count them.
+        if tensor.is_floating_point() and not torch.isfinite(tensor.sum(dtype=torch.float32)) \
+                and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
             raise WeightsError(f"weights file {path}: tensor {name} holds {bad} NaN or infinite "
                                f"value(s); only finite weights can be loaded. Re-train or restore it.")
@@ -151,16 +152,21 @@ def load_config(config_class, path):
     Unknown fields, wrong types and out-of-range values are refused with a
     WeightsError naming the file and the field; missing fields take their defaults.
     """
-    from . import validate  # (validate imports this module's WeightsError)
+    return build_config(config_class, read_json(path), path)
+
+
+def read_json(path):
+    """A JSON file's content, or WeightsError naming the file (missing, a folder, not JSON)."""
     path = Path(path)
     _check_file(path, "config file")
     try:
-        fields = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise WeightsError(f"config file {path} is not valid JSON ({err})") from err
     except RecursionError as err:
         raise WeightsError(f"config file {path} is nested too deeply to be a config") from err
-    return validate.build_config(config_class, fields, path)
+    except OSError as err:
+        raise WeightsError(f"cannot read config file {path}: {err.strerror or err}") from err
 
 
 def save_pretrained(model: nn.Module, config, folder) -> Path:
@@ -181,17 +187,6 @@ def resolve_folder(path, default_name: str) -> Path:
         raise WeightsError(f"weights folder {folder} is a file; expected a folder holding "
                            f"config.json and model.safetensors")
     return folder
-
-
-def check_device(device) -> torch.device:
-    """A device name or torch.device -> torch.device, refusing ones this machine lacks
-    (one clear ValueError, the same check as the command line's --device)."""
-    from .train import pick_device  # (train imports this module through checkpoint.py)
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str):
-        raise ValueError(f"device must be a name such as 'cpu', 'cuda' or 'auto', got {device!r}")
-    return pick_device(device)
 
 
 def check_writable_folder(folder) -> Path:
@@ -217,11 +212,10 @@ def from_pretrained(model_class, config_class, path, default_name: str, device="
     the config (types, ranges), the model's size on the meta device, the weights
     file's names and shapes (header only); then build the model and load the weights.
     """
-    from . import validate
     device = check_device(device)
     folder = resolve_folder(path, default_name)
     config = load_config(config_class, folder / "config.json")
-    skeleton = validate.meta_model(model_class, config, folder / "config.json")
+    skeleton = meta_model(model_class, config, folder / "config.json")
     weights = folder / "model.safetensors"
     check_shapes({k: v.shape for k, v in skeleton.state_dict().items()}, read_shapes(weights),
                  weights, model_class.__name__)
