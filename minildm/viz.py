@@ -21,9 +21,12 @@ def to_numpy_image(image: torch.Tensor) -> np.ndarray:
 
 
 def image_grid(images: torch.Tensor, captions=None, ncols: int = 8, title: str | None = None,
-               scale: float = 1.4, fontsize: int = 7):
+               scale: float = 1.4, fontsize: int = 7, gap: float = 0.08):
     """Show images (N, 3, H, W) in [0, 1] in a grid, each with an optional caption.
 
+    gap: white space between images, as a fraction of an image's side. Without
+    captions the rows would otherwise touch, and two black 32x32 images stacked
+    read as one tall image with two objects.
     Returns the matplotlib Figure (save it with fig.savefig(path)).
     """
     images = images.detach().cpu()
@@ -42,6 +45,8 @@ def image_grid(images: torch.Tensor, captions=None, ncols: int = 8, title: str |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if captions is None:                    # titles make room between rows; without them, leave a gap
+        fig.subplots_adjust(wspace=gap, hspace=gap)
     return fig
 
 
@@ -199,5 +204,188 @@ def ddp_diagram(world_size: int = 3):
             ha="center", va="center", fontsize=10,
             bbox=dict(boxstyle="round,pad=0.5", fc="#fdecea", ec="#c0392b"))
     ax.set_title("One DDP training step", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------
+# Architecture diagrams (boxes and arrows, drawn from a model's config)
+
+_COLORS = {"data": ("#eeeeee", "#555555"), "model": ("#e8f0fe", "#3b6fd8"), "time": ("#fdf0e0", "#d9822b"),
+           "text": ("#e6f4ea", "#1e8e3e"), "loss": ("#fdecea", "#c0392b")}
+
+
+def _box(ax, x, y, text, kind="model", fontsize=8):
+    """A rounded box centred at (x, y), coloured by kind (see _COLORS); returns its Text artist."""
+    face, edge = _COLORS[kind]
+    return ax.text(x, y, text, ha="center", va="center", fontsize=fontsize,
+                   bbox=dict(boxstyle="round,pad=0.35", fc=face, ec=edge))
+
+
+SIDES = {"left": (0, 0.5), "right": (1, 0.5), "top": (0.5, 1), "bottom": (0.5, 0)}
+
+
+def _link(ax, a, b, frm="right", to="left", label=None, color="#333333", fontsize=7, **kw):
+    """An arrow from a side of box a to a side of box b (sides or (x, y) fractions of the box),
+    with an optional label beside its middle."""
+    frm, to = SIDES.get(frm, frm), SIDES.get(to, to)
+    arrow = ax.annotate("", xy=to, xycoords=b, xytext=frm, textcoords=a,
+                        arrowprops=dict(arrowstyle="-|>", color=color, lw=1.2, shrinkA=2, shrinkB=2, **kw))
+    if label:
+        ax.annotate(label, xy=(0.5, 0.5), xycoords=arrow.arrow_patch, ha="center", va="bottom",
+                    fontsize=fontsize, color=color, xytext=(0, 3), textcoords="offset points")
+    return arrow
+
+
+def _chain(ax, y, items, xs, fontsize=8):
+    """Boxes (text, kind) at (xs[k], y), each linked to the next; returns the Text artists."""
+    boxes = [_box(ax, x, y, text, kind, fontsize) for x, (text, kind) in zip(xs, items)]
+    for a, b in zip(boxes, boxes[1:]):
+        _link(ax, a, b)
+    return boxes
+
+
+def _canvas(width, height, xlim, ylim, title):
+    fig, ax = plt.subplots(figsize=(width, height))
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=11)
+    return fig, ax
+
+
+def pipeline_diagram():
+    """The latent diffusion pipeline, arrows in the direction the data flows.
+
+    Top row: how a training image becomes the UNet's input. Middle row: how a
+    prompt becomes the context the UNet cross-attends to. Bottom row: sampling,
+    where the sampler calls the UNet at every step. Taught in
+    notebooks/00_welcome.ipynb and 06_latent_diffusion.ipynb.
+    """
+    fig, ax = _canvas(13, 4.0, (-0.9, 14.2), (0.45, 3.75), "Latent diffusion: where each part sits")
+    for y, name in ((3.4, "training"), (2.2, "the prompt"), (0.8, "sampling")):
+        ax.text(-0.8, y, name, fontsize=9, style="italic", va="center", color="#555555")
+    train_row = _chain(ax, 3.4, [("pixels x0\n3x32x32", "data"), ("VAE encoder", "model"), ("z0\n4x8x8", "data"),
+                                 ("add noise\nq(z_t | z0)", "model"), ("z_t", "data")], [0.8, 2.6, 4.3, 6.1, 8.6])
+    text_row = _chain(ax, 2.2, [("prompt", "data"), ("tokenizer", "text"), ("CLIP text\nencoder", "text"),
+                                ("context\n(16 token states)", "data")], [0.8, 2.6, 4.3, 6.1])
+    unet = _box(ax, 8.6, 2.2, "UNet\nε̂(z_t, t, context)", "model", fontsize=9)
+    time = _box(ax, 11.0, 2.2, "timestep t", "time")
+    _link(ax, train_row[-1], unet, "bottom", "top")
+    _link(ax, text_row[-1], unet, label="cross-attention", color="#1e8e3e")
+    _link(ax, time, unet, "left", "right", label="time embedding", color="#d9822b")
+    noise = _box(ax, 2.6, 0.8, "z_T ~ N(0, I)", "data")
+    sampler = _box(ax, 8.6, 0.8, "DDPM / DDIM steps\n(+ guidance)", "model")
+    _link(ax, noise, sampler)
+    _link(ax, sampler, unet, (0.25, 1), (0.25, 0), label="z_t, t  ", color="#3b6fd8")
+    _link(ax, unet, sampler, (0.75, 0), (0.75, 1), label="  ε̂", color="#3b6fd8")
+    out = _chain(ax, 0.8, [("z0", "data"), ("VAE decoder", "model"), ("pixels", "data")], [10.6, 12.0, 13.5])
+    _link(ax, sampler, out[0])
+    fig.tight_layout()
+    return fig
+
+
+def _badge(ax, box, text, color, corner):
+    """A small coloured disc with text on a corner of a box ((0, 1) = top left, (1, 1) = top right)."""
+    ax.annotate(text, xy=corner, xycoords=box, ha="center", va="center", fontsize=6.5, color="white",
+                bbox=dict(boxstyle="circle,pad=0.2", fc=color, ec="none"))
+
+
+def unet_diagram(config, image_size: int = 32):
+    """The UNet of a UNetConfig as a U: resolution and channels per level, skip
+    connections across, and the two ways information gets in: the time embedding
+    (added inside every ResBlock) and, when context_dim is set, the text (read by
+    cross-attention at the attention levels). Taught in notebooks/02_ddpm.ipynb
+    and 06_latent_diffusion.ipynb.
+    """
+    n, dx, text_in = len(config.channel_mults), 2.3, bool(config.context_dim)
+    fig, ax = _canvas(1.6 * (2 * n + 1), 1.05 * (n + 3), (-1.3, 2 * n * dx + 1.3), (-n - 0.6, 2.2),
+                      f"UNet on {config.in_channels}x{image_size}x{image_size}: where the time and the text enter")
+
+    def level(i, blocks, attn):
+        side, ch = image_size // 2 ** i, config.base_channels * config.channel_mults[i]
+        text = f"{side}x{side}, {ch} channels\nResBlock x{blocks}"
+        return text + ("\n+ self-attn" + (" + cross-attn" if text_in else "") if attn else "")
+
+    down = [_box(ax, i * dx, -i, level(i, config.num_res_blocks, config.attention_levels[i])) for i in range(n)]
+    up = [_box(ax, (2 * n - i) * dx, -i, level(i, config.num_res_blocks + 1, config.attention_levels[i]))
+          for i in range(n)]
+    middle = _box(ax, n * dx, -n, level(n - 1, 2, True).replace("ResBlock x2", "middle: ResBlock x2"))
+    for i in range(n):
+        _link(ax, down[i], up[i], label="skip: concatenate", color="#888888", linestyle="--")
+    for a, b in zip(down, down[1:] + [middle]):
+        _link(ax, a, b, "bottom", "left")
+    for a, b in zip([middle] + up[::-1][:-1], up[::-1]):
+        _link(ax, a, b, "right", "bottom")
+    x_in = _box(ax, 0, 1.6, f"x_t ({config.in_channels} channels)", "data")
+    eps_out = _box(ax, 2 * n * dx, 1.6, f"ε̂ ({config.out_channels} channels)", "data")
+    _link(ax, x_in, down[0], "bottom", "top")
+    _link(ax, up[0], eps_out, "top", "bottom")
+    for i, box in enumerate(down + up + [middle]):
+        _badge(ax, box, "t", "#d9822b", (-0.06, 1.3))
+        if text_in and (box is middle or config.attention_levels[i % n]):
+            _badge(ax, box, "txt", "#1e8e3e", (1.06, 1.3))
+    legend = ("down the U: stride-2 conv halves the side; up: nearest upsampling + conv\n"
+              "t: timestep -> sin/cos -> MLP = temb, added per channel inside every ResBlock")
+    if text_in:
+        legend += f"\ntxt: cross-attention reads the prompt's 16 token states (width {config.context_dim})"
+    _box(ax, n * dx, 1.6, legend, "text" if text_in else "time", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def clip_encoders_diagram(config):
+    """MiniCLIP's two image encoders (sizes from a CLIPConfig), each ending in the
+    linear projection W_i and the L2 normalisation. Taught in notebooks/04_clip.ipynb.
+    """
+    s, w = config.image_size, config.resnet_widths
+    fig, ax = _canvas(13, 2.8, (-0.5, 13.5), (0.1, 2.6), "CLIP's image encoders: ResNet (top) and ViT (bottom)")
+    resnet, side = [(f"image\n3x{s}x{s}", "data"), (f"stem conv\n{w[0]} ch, {s}x{s}", "model")], s
+    for c in w[1:]:
+        side //= 2
+        resnet.append((f"residual stage\n{c} ch, {side}x{side}", "model"))
+    resnet.append((f"attention pool\nquery = mean\n+ {side}x{side} positions", "model"))
+    grid, p = s // config.vit_patch_size, config.vit_patch_size
+    vit = [(f"image\n3x{s}x{s}", "data"), (f"{grid}x{grid} patches\nof {p}x{p} pixels", "model"),
+           (f"linear patch\nembedding ({config.vit_width})", "model"),
+           (f"[class] + {grid * grid} tokens\n+ positions", "model"),
+           (f"Transformer\nblocks x{config.vit_layers}", "model"), ("class token\n-> LayerNorm", "model")]
+    tail = [(f"W_i: linear\n-> {config.embed_dim}", "loss"), ("L2-normalise:\na unit vector", "loss")]
+    for y, items in ((2.1, resnet + tail), (0.6, vit + tail)):
+        _chain(ax, y, items, np.linspace(0.4, 12.6, len(items)), fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+def contrastive_loss_picture(logits: torch.Tensor, labels=None):
+    """CLIP's symmetric cross-entropy on one batch's (B, B) logits, in three panels:
+    the logits; their softmax over each row (image -> which caption?); their
+    softmax over each column (caption -> which image?). The targets are the
+    diagonal; each row's (column's) cross-entropy -log p(target) follows its label
+    after "|". Taught in notebooks/04_clip.ipynb.
+    """
+    logits = logits.detach().float().cpu()
+    B = logits.shape[0]
+    rows, cols = logits.softmax(dim=1), logits.softmax(dim=0)
+    ce_rows = -rows.diagonal().log()                              # (B,) one per image
+    ce_cols = -cols.diagonal().log()                              # (B,) one per caption
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    panels = ((logits, "logits = scale x cos(image_i, caption_j)", "viridis"),
+              (rows, f"softmax over each row (sums to 1)\nCE over rows = {ce_rows.mean():.3f}", "Blues"),
+              (cols, f"softmax over each column (sums to 1)\nCE over columns = {ce_cols.mean():.3f}", "Oranges"))
+    names = labels if labels is not None else [f"caption {j}" for j in range(B)]
+    for k, (ax, (m, title, cmap)) in enumerate(zip(axes, panels)):
+        im = ax.imshow(m, cmap=cmap)
+        for i in range(B):                                        # the targets: the diagonal
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_title(title, fontsize=9)
+        xnames = [f"{c} | {ce_cols[j]:.2f}" for j, c in enumerate(names)] if k == 2 else names
+        ynames = [f"image {i} | {ce_rows[i]:.2f}" if k == 1 else f"image {i}" for i in range(B)]
+        ax.set_xticks(range(B), xnames, rotation=75, fontsize=6, ha="right")
+        ax.set_yticks(range(B), ynames, fontsize=6)
+        fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.suptitle(f"symmetric loss = (CE over rows + CE over columns) / 2 = "
+                 f"{(ce_rows.mean() + ce_cols.mean()) / 2:.3f}   (red boxes: the right answers)", fontsize=10)
     fig.tight_layout()
     return fig
