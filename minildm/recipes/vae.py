@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import weights_io
-from ..data import shapes
+from ..data import shapes, wild
 from ..data.judge import attribute_accuracy, judge
 from ..train import TrainConfig, train
 from ..vae import NAME, TinyVAE, VAEConfig, psnr_from_mse, reparameterize, vae_loss
@@ -56,6 +57,8 @@ class VAEPreset:
     scale_images: int = 2048   # training images used to measure the latent std (scale_factor)
     decoder_steps: int = 0     # stage 2: decoder-only fine-tuning steps with black_floor (0 = off)
     decoder_lr: float = 5e-4   # stage 2 peak learning rate
+    wild_fraction: float = 0.0  # images per batch drawn anywhere (touching the border), sizes +-20%,
+                                # half of them with hard edges: so users' own pictures encode well
 
 
 PRESETS = {
@@ -66,7 +69,7 @@ PRESETS = {
     # minutes on a laptop CPU: the shipped weights (small batches, many steps: fastest to 30 dB)
     "cpu": VAEPreset(VAEConfig(),
                      TrainConfig(steps=1500, batch_size=16, lr=3e-3, warmup_steps=50, log_every=50),
-                     decoder_steps=300),
+                     decoder_steps=300, wild_fraction=0.3),
     # GPU: 64x64 images -> 16x16x4 latents, wider, bf16
     "gpu": VAEPreset(VAEConfig(image_size=64, base_channels=32),
                      TrainConfig(steps=6000, batch_size=64, lr=2e-3, warmup_steps=200,
@@ -75,11 +78,30 @@ PRESETS = {
 }
 
 
-def _data_fn(image_size: int, split: str):
+def wild_geometry(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) (cx, cy, width): any centre in [0, 1] (objects may touch or cross the border),
+    widths from 20% under the small size to 20% over the large one."""
+    lo, hi = shapes.SIZE_RANGES["small"][0] * 0.8, shapes.SIZE_RANGES["large"][1] * 1.2
+    return np.stack([rng.random(n), rng.random(n), lo + (hi - lo) * rng.random(n)], axis=1)
+
+
+def _data_fn(image_size: int, split: str, wild_fraction: float = 0.0):
+    """sample_batch -> images (B, 3, H, W) in [0, 1]: Shapes renders, a wild_fraction of them
+    placed and sized beyond the training ranges (wild_geometry), half of those with hard edges."""
     def sample_batch(batch_size: int, generator: torch.Generator, device):
         seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
-        images, _, _ = shapes.sample_batch(batch_size, split, image_size, seed=seed)
-        return images.to(device)                                  # (B, 3, H, W) in [0, 1]
+        if wild_fraction == 0:
+            images, _, _ = shapes.sample_batch(batch_size, split, image_size, seed=seed)
+            return images.to(device)                                # (B, 3, H, W) in [0, 1]
+        rng = np.random.default_rng(seed)
+        labels = shapes.sample_labels(batch_size, split, rng)
+        geometry = shapes.sample_geometry(labels, rng)
+        wild = rng.random(batch_size) < wild_fraction               # (B,)
+        geometry[wild] = wild_geometry(int(wild.sum()), rng)
+        images = shapes.render(labels, image_size, geometry=geometry)
+        hard = torch.from_numpy(wild & (rng.random(batch_size) < 0.5))
+        images[hard] = (images[hard] >= 0.5).float()                 # aliased edges, palette colours
+        return images.to(device)
     return sample_batch
 
 
@@ -110,7 +132,8 @@ def _decoder_loss_fn(leak: float):
     return loss_fn
 
 
-def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: str = "train") -> TinyVAE:
+def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: str = "train",
+                     wild_fraction: float = 0.0) -> TinyVAE:
     """Stage 2: train the decoder only, scored after black_floor; the encoder (so the latents) stays fixed.
 
     Like Stable Diffusion's later VAE releases, which fine-tuned only the decoder:
@@ -119,7 +142,7 @@ def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: s
     Taught in notebooks/05_vae.ipynb.
     """
     vae.encoder.requires_grad_(False)
-    result = train(vae, _decoder_loss_fn(leak), _data_fn(vae.config.image_size, split), cfg,
+    result = train(vae, _decoder_loss_fn(leak), _data_fn(vae.config.image_size, split, wild_fraction), cfg,
                    name=NAME + "_decoder")
     tuned = result.model.cpu().eval()
     tuned.encoder.requires_grad_(True)
@@ -132,7 +155,7 @@ def job(preset="cpu", run_dir="runs", **overrides) -> Job:
     cfg = train_config(p.train, run_dir, NAME, overrides)
     torch.manual_seed(cfg.seed)                     # the same seed, the same initial weights
     model = TinyVAE(replace(p.model))
-    return Job(model, _loss_fn, _data_fn(p.model.image_size, p.data_split), cfg, NAME)
+    return Job(model, _loss_fn, _data_fn(p.model.image_size, p.data_split, p.wild_fraction), cfg, NAME)
 
 
 def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> TinyVAE:
@@ -154,7 +177,7 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
         t0 = time.perf_counter()
         stage2 = replace(cfg, steps=p.decoder_steps, lr=p.decoder_lr, warmup_steps=min(20, p.decoder_steps),
                          out_dir=str(Path(run_dir) / (NAME + "_decoder")) if run_dir is not None else None)
-        vae = finetune_decoder(vae, stage2, split=p.data_split)
+        vae = finetune_decoder(vae, stage2, split=p.data_split, wild_fraction=p.wild_fraction)
         seconds += time.perf_counter() - t0
     vae.config.scale_factor = compute_scale_factor(vae, n=p.scale_images)
     folder = vae.save_pretrained(Path(out_dir) / NAME)
@@ -207,6 +230,15 @@ def evaluate(weights=None, quick: bool = False, n: int | None = None, seed: int 
             z = torch.cat([vae.encode(images[i:i + 256]) for i in range(0, n, 256)])
             result["scaled_latent_std"] = round(z.std().item(), 4)
             result["scaled_latent_mean"] = round(z.mean().item(), 4)
+    # images our renderer never makes (data/wild.py): PIL-drawn, hard or supersampled edges,
+    # sizes +-20%, objects touching the border, large squares in corners
+    mses = []
+    for kind in wild.KINDS:
+        images, _ = wild.wild_batch(n // 4, kind, cfg.image_size, seed=seed + 7)
+        mse = (reconstruct(vae, images) - images).pow(2).flatten(1).mean(1)             # (n/4,)
+        mses.append(mse)
+        result.setdefault("wild", {})[kind] = round(psnr_from_mse(mse.mean().item()), 2)
+    result["wild"]["overall"] = round(psnr_from_mse(torch.cat(mses).mean().item()), 2)
     result["scale_factor"] = cfg.scale_factor
     training = read_training_json(weights_io.resolve_folder(weights, NAME))
     if training is not None:
