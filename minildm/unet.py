@@ -80,7 +80,13 @@ class ResBlock(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention. Queries come from x; keys and values from x itself
-    (self-attention) or from a context sequence (cross-attention)."""
+    (self-attention) or from a context sequence (cross-attention).
+
+    `store` (None unless UNet.set_attention_store sets one) is shown the attention
+    weights softmax(q k^T / sqrt(hs)) (B, nh, N, L) and returns the weights to use:
+    it may record them (attention maps) or replace them (prompt-to-prompt editing).
+    Without a store the fused scaled_dot_product_attention computes the same thing.
+    """
 
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
         super().__init__()
@@ -91,6 +97,7 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
         self.to_out = zero_module(nn.Linear(dim, dim))
+        self.store = None          # see the class docstring (minildm/attention_maps.py)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,7 +114,13 @@ class Attention(nn.Module):
             # A row with no real token would divide by zero: let it attend to everything.
             context_mask = context_mask | ~context_mask.any(dim=1, keepdim=True)
             mask = context_mask[:, None, None, :]                          # (B, 1, 1, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)      # (B, nh, N, hs)
+        if self.store is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, N, hs)
+        else:  # the same attention, written out so a store can see (or swap) the weights
+            scores = q @ k.transpose(-2, -1) / math.sqrt(C // nh)          # (B, nh, N, L)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = self.store(self, scores.softmax(dim=-1)) @ v             # (B, nh, N, hs)
         return self.to_out(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -305,6 +318,13 @@ class UNet(nn.Module):
                 if attn is not None:
                     h = attn(h, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))                          # (B, C_out, H, W)
+
+    def set_attention_store(self, store=None) -> None:
+        """Show every cross-attention layer's weights to `store(layer, weights) -> weights`
+        (minildm/attention_maps.py); None puts the plain fused attention back."""
+        for block in self.modules():
+            if isinstance(block, TransformerBlock) and block.cross_attn is not None:
+                block.cross_attn.store = store
 
     @classmethod
     def from_pretrained(cls, path=None, device="cpu") -> "UNet":

@@ -1,0 +1,132 @@
+"""Cross-attention maps: which word of the prompt shaped which part of the image.
+
+Every cross-attention layer of the UNet computes, for each pixel of its feature map
+(a query) and each token of the prompt (a key), a weight: how much of that token's
+value the pixel takes in,
+
+    weights = softmax(q k^T / sqrt(hs))        (B, heads, N pixels, L tokens), each row sums to 1
+
+Read along a column (one token) the weights form a heat map over the image. Two
+small objects use them; the UNet shows them the weights when one is set with
+`UNet.set_attention_store(store)` (inside `with attention_hook(unet, store):`):
+
+    AttentionStore     records them and averages over heads, layers (the 4x4 and 2x2 layers
+                       upsampled to the latent grid) and sampling steps -> maps (N, L, 8, 8),
+                       each token's map normalised to sum 1 over the grid
+    AttentionInjector  prompt-to-prompt (Hertz et al. 2022): sampling a source and a target
+                       prompt side by side, the target rows take the source rows' weights for
+                       the first steps, so the target keeps the source's layout
+
+The injector's `step_done` is the `callback` of samplers.sample: it counts the steps.
+Only the prompt rows are kept: with classifier-free guidance the batch is
+[unconditional; prompts], so the prompts are its last rows.
+
+Taught in notebooks/09_toolbox.ipynb.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .text import PAD_ID, VOCAB, tokenize
+
+
+class AttentionStore:
+    """Sum, layer by layer, the cross-attention weights of the last `num_prompts` rows of every call;
+    `maps()` averages them.
+
+    num_prompts: the number of prompts (rows kept); latent_size: the side of the grid the
+    maps are given on (the lower-resolution layers are upsampled to it, nearest neighbour).
+    """
+
+    def __init__(self, num_prompts: int, latent_size: int):
+        self.num_prompts, self.latent_size = num_prompts, latent_size
+        self.totals = {}           # layer -> (n, L, S, S) sum of its maps over its calls, in call order
+        self.calls = {}            # layer -> how often it was called (once per sampling step)
+        self.sides = {}            # layer -> the side of its feature map (8, 4, 2)
+
+    def __call__(self, layer, weights: torch.Tensor) -> torch.Tensor:
+        """weights (B, nh, N, L) of one layer -> the same weights (recorded, not changed)."""
+        n, side = self.num_prompts, math.isqrt(weights.shape[2])
+        per_pixel = weights[-n:].float().mean(dim=1)                          # (n, N, L): heads averaged
+        grid = per_pixel.transpose(1, 2).reshape(n, -1, side, side)           # (n, L, side, side)
+        grid = F.interpolate(grid, size=self.latent_size, mode="nearest")     # (n, L, S, S)
+        self.totals[layer] = grid + self.totals.get(layer, 0)
+        self.calls[layer] = self.calls.get(layer, 0) + 1
+        self.sides[layer] = side
+        return weights
+
+    def resolutions(self) -> list[int]:
+        """The side of each recorded layer's feature map, in the UNet's order (down, middle, up)."""
+        return list(self.sides.values())
+
+    def maps(self, layers=None) -> torch.Tensor:
+        """(n, L, S, S) on the CPU: each token's map averaged over the steps and the layers
+        (all, or the indices `layers` into resolutions()), normalised to sum to 1 over the grid.
+
+        Padding tokens get no attention (they are masked out), so their maps are all zeros.
+        """
+        if not self.totals:
+            raise ValueError("no attention was recorded: sample with the store set on the UNet")
+        per_layer = [self.totals[layer] / self.calls[layer] for layer in self.totals]  # each (n, L, S, S)
+        chosen = per_layer if layers is None else [per_layer[i] for i in layers]
+        mean = (sum(chosen) / len(chosen)).cpu()                              # (n, L, S, S)
+        mass = mean.sum(dim=(2, 3), keepdim=True)                             # (n, L, 1, 1)
+        return torch.where(mass > 0, mean / mass.clamp_min(1e-12), torch.zeros_like(mean))
+
+
+class AttentionInjector:
+    """Prompt-to-prompt: rows [-n:] (targets) take the weights of rows [-2n:-n] (sources)
+    for the first `inject_steps` sampling steps, at every cross-attention layer."""
+
+    def __init__(self, num_pairs: int, inject_steps: int):
+        self.num_pairs, self.inject_steps = num_pairs, inject_steps
+        self.step = 0
+
+    def __call__(self, layer, weights: torch.Tensor) -> torch.Tensor:
+        """weights (B, nh, N, L) with B >= 2n: the prompt rows are [sources; targets] at the end."""
+        if self.step >= self.inject_steps:
+            return weights
+        n = self.num_pairs
+        weights = weights.clone()
+        weights[-n:] = weights[-2 * n:-n]                                     # the target draws like the source
+        return weights
+
+    def step_done(self, i, t, xt, x0_pred):
+        self.step += 1
+
+
+@contextmanager
+def attention_hook(unet, store):
+    """Set `store` on the UNet's cross-attention layers for the `with` block, and remove it after.
+
+    store None does nothing (so callers need no second code path).
+    """
+    if store is None:
+        yield None
+        return
+    if not hasattr(unet, "set_attention_store"):
+        raise ValueError(f"attention maps and prompt-to-prompt need a UNet with cross-attention; "
+                         f"this pipeline's denoiser is a {type(unet).__name__}")
+    unet.set_attention_store(store)
+    try:
+        yield store
+    finally:
+        unet.set_attention_store(None)
+
+
+def token_words(prompt: str) -> list[str]:
+    """The token behind each row of a prompt's maps: ['<bos>', 'a', 'large', ..., '<eos>', '<pad>', ...]."""
+    return [VOCAB[i] for i in tokenize(prompt)[0].tolist()]
+
+
+def word_index(prompt: str, word: str) -> int:
+    """Position of `word` in the prompt's tokens (the row of its attention map)."""
+    words = token_words(prompt)
+    if word.lower() not in words:
+        raise ValueError(f"{word!r} is not a word of the prompt {prompt!r} (its tokens: "
+                         f"{', '.join(w for w in words if w != VOCAB[PAD_ID])})")
+    return words.index(word.lower())
