@@ -202,6 +202,8 @@ def _ddim_variant(kind):
             return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps + sigma * z
         if kind == "no fresh noise":
             return ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).sqrt() * eps
+        if kind == "eta ignored":                      # the eta = 0 update whatever eta is
+            return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
         raise AssertionError(kind)
     return fn
 
@@ -212,6 +214,7 @@ DDIM_WRONG = {
     "you forgot the square root": _ddim_variant("direction sqrt"),
     "direction shrinks": _ddim_variant("no sigma in direction"),
     "add fresh noise": _ddim_variant("no fresh noise"),
+    "your step ignores eta: with eta = 1": _ddim_variant("eta ignored"),
     "not alpha:": lambda s, xt, eps, t, p, eta, z: ddim_ok(s, xt, eps, t, p, eta, z, alpha_for_x0=True),
     "NotImplementedError": lambda *a: (_ for _ in ()).throw(NotImplementedError()),
 }
@@ -237,3 +240,66 @@ def test_student_edition_stub_fails_with_hint():
     exec(strip_solutions(source), namespace)
     with pytest.raises(CheckFailed, match="still raises NotImplementedError"):
         checks.q_sample(namespace["my_q_sample"])
+
+
+# ---------------------------------------------------------------- lesson 02: the ResBlock
+def res_ok(block, x, temb):
+    import torch.nn.functional as F
+    h = block.conv1(F.silu(block.norm1(x))) + block.time_proj(F.silu(temb))[:, :, None, None]
+    return block.skip(x) + block.conv2(F.silu(block.norm2(h)))
+
+
+def _res_variant(kind):
+    import torch.nn.functional as F
+
+    def fn(b, x, temb):
+        time = b.time_proj(F.silu(temb))[:, :, None, None]
+        h1 = b.conv1(F.silu(b.norm1(x)))
+        tail = lambda h: b.conv2(F.silu(b.norm2(h)))  # noqa: E731
+        if kind == "no time":
+            return b.skip(x) + tail(h1)
+        if kind == "no silu on time":
+            return b.skip(x) + tail(h1 + b.time_proj(temb)[:, :, None, None])
+        if kind == "time at the end":
+            return b.skip(x) + tail(h1) + time
+        if kind == "no skip":
+            return tail(h1 + time)
+        if kind == "silu before norm":
+            return b.skip(x) + b.conv2(b.norm2(F.silu(h1 + time)))
+        if kind == "first half only":
+            return b.skip(x) + h1 + time
+        if kind == "time not broadcast":
+            return b.skip(x) + tail(h1 + b.time_proj(F.silu(temb))[:, None, None, :])
+        if kind == "x as skip":
+            return x + tail(h1 + time)
+        raise AssertionError(kind)
+    return fn
+
+
+RES_WRONG = {
+    "the time embedding is missing": "no time",
+    "pass the time embedding through SiLU": "no silu on time",
+    "add the time after conv1, inside the block": "time at the end",
+    "the skip connection is missing": "no skip",
+    "normalise first, then SiLU": "silu before norm",
+    "the second half is missing": "first half only",
+    "add [:, :, None, None]": "time not broadcast",
+    "must go through block.skip(x)": "x as skip",
+}
+
+
+def test_res_block_check(capsys):
+    checks.res_block(res_ok)
+    assert "Correct!" in capsys.readouterr().out
+    checks.res_block(lambda b, x, temb: b(x, temb))
+
+
+@pytest.mark.parametrize("hint", list(RES_WRONG))
+def test_res_block_check_catches(hint):
+    with pytest.raises(CheckFailed, match=re.escape(hint)):
+        checks.res_block(_res_variant(RES_WRONG[hint]))
+
+
+def test_res_block_stub_gives_hint():
+    with pytest.raises(CheckFailed, match="NotImplementedError"):
+        checks.res_block(lambda *a: (_ for _ in ()).throw(NotImplementedError()))

@@ -1,5 +1,6 @@
 """Lesson 04 checks pass the reference and catch typical wrong answers."""
 import math
+import re
 
 import pytest
 import torch
@@ -108,3 +109,53 @@ def test_zero_shot_not_implemented():
         raise NotImplementedError
     with pytest.raises(checks.CheckFailed, match="NotImplementedError"):
         checks.zero_shot_predict(stub)
+
+
+# ----------------------------------------------------------------------------
+# the caption-safe crop rule
+
+def crop_rule(kind="ok", margin=0.1):
+    def rule(box, left, top, side, size):
+        x0, y0, x1, y1 = box
+        whole = left <= x0 and top <= y0 and left + side >= x1 and top + side >= y1
+        same = True
+        for centre, offset in (((x0 + x1) / 2, left), ((y0 + y1) / 2, top)):
+            before = 3 * centre / size
+            after = {"ok": 3 * (centre - offset) / side, "divide by size": 3 * (centre - offset) / size,
+                     "no shift": 3 * centre / side}.get(kind, 3 * (centre - offset) / side)
+            frac = after % 1
+            m = 0.0 if kind == "no margin" else margin
+            same = same and int(after // 1) == int(before // 1) and m <= frac <= 1 - m
+        if kind == "whole only":
+            return whole
+        if kind == "cell only":
+            return same
+        if kind == "always":
+            return True
+        return whole and same
+    return rule
+
+
+def test_crop_check_accepts_the_rule(capsys):
+    from minildm.recipes.clip import crop_keeps_caption
+    checks.crop_keeps_caption(crop_rule())
+    checks.crop_keeps_caption(lambda *a: crop_keeps_caption(*a))
+    assert "Correct!" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("whole only", "only check that the whole object"),
+    ("cell only", "must also stay whole"),
+    ("divide by size", "not divided by size"),
+    ("no shift", "from the crop's corner"),
+    ("no margin", "away from the cell's borders"),
+    ("always", "the answer is False"),
+])
+def test_crop_check_catches(kind, hint):
+    with pytest.raises(checks.CheckFailed, match=re.escape(hint)):
+        checks.crop_keeps_caption(crop_rule(kind))
+
+
+def test_crop_check_wants_a_bool():
+    with pytest.raises(checks.CheckFailed, match="True or False"):
+        checks.crop_keeps_caption(lambda *a: "yes")

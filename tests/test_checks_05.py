@@ -91,20 +91,70 @@ def test_kl_not_implemented_gives_hint():
 
 
 # ----------------------------------------------------------------------------
-# latent_numbers
+# vae_loss
 
-def test_latent_numbers(capsys):
-    checks.latent_numbers(256)
+def _loss_variant(kind):
+    import torch.nn.functional as F
+    from minildm.vae import kl_divergence, reparameterize
+
+    def fn(vae, images, eps):
+        mean, logvar = vae.encode_distribution(images)
+        z = reparameterize(mean, logvar, eps)
+        recon = (vae.decoder(z) + 1) / 2
+        w, kl = vae.config.kl_weight, kl_divergence(mean, logvar)
+        if kind == "ok":
+            return F.mse_loss(recon, images) + w * kl.mean()
+        if kind == "ok with metrics":
+            from minildm.vae import vae_loss
+            return vae_loss(recon, images, mean, logvar, w)
+        if kind == "decode the mean":
+            return F.mse_loss((vae.decoder(mean) + 1) / 2, images) + w * kl.mean()
+        if kind == "no kl":
+            return F.mse_loss(recon, images)
+        if kind == "no kl weight":
+            return F.mse_loss(recon, images) + kl.mean()
+        if kind == "kl summed over batch":
+            return F.mse_loss(recon, images) + w * kl.sum()
+        if kind == "[-1, 1] vs [0, 1]":
+            return F.mse_loss(vae.decoder(z), images) + w * kl.mean()
+        if kind == "summed mse":
+            return (recon - images).pow(2).sum() + w * kl.mean()
+        if kind == "vae.decode":
+            return F.mse_loss(vae.decode(z), images) + w * kl.mean()
+        if kind == "fresh noise":
+            return F.mse_loss((vae.decoder(reparameterize(mean, logvar)) + 1) / 2, images) + w * kl.mean()
+        if kind == "detached":
+            return (F.mse_loss(recon, images) + w * kl.mean()).detach()
+        if kind == "per image":
+            return (recon - images).pow(2).flatten(1).mean(1) + w * kl
+        raise AssertionError(kind)
+    return fn
+
+
+def test_vae_loss_accepts_reference(capsys):
+    checks.vae_loss(_loss_variant("ok"))
     assert "Correct!" in capsys.readouterr().out
-    checks.latent_numbers(lambda: 4 * 8 * 8)
-    for wrong, hint in [(3072, "pixel count"), (64, "multiply"), (256.0, "whole number"),
-                        (lambda: 3 * 32 * 32, "pixel count")]:
-        with pytest.raises(CheckFailed, match=hint):
-            checks.latent_numbers(wrong)
+    checks.vae_loss(_loss_variant("ok with metrics"))
 
 
-def test_latent_numbers_not_implemented_gives_hint():
-    def stub():
-        raise NotImplementedError
+@pytest.mark.parametrize("kind, hint", [
+    ("decode the mean", "decode a *sample*"),
+    ("no kl", "the KL term is missing"),
+    ("no kl weight", "kl_weight"),
+    ("kl summed over batch", "average the per-image KL"),
+    ("[-1, 1] vs [0, 1]", "(decoder(z) + 1) / 2"),
+    ("summed mse", "not the sum"),
+    ("vae.decode", "scale_factor"),
+    ("fresh noise", "differs from"),
+    ("detached", "no gradient"),
+    ("per image", "one number"),
+])
+def test_vae_loss_catches_wrong_answers(kind, hint):
+    with pytest.raises(CheckFailed, match="Not yet") as info:
+        checks.vae_loss(_loss_variant(kind))
+    assert hint in str(info.value)
+
+
+def test_vae_loss_not_implemented_gives_hint():
     with pytest.raises(CheckFailed, match="NotImplementedError"):
-        checks.latent_numbers(stub)
+        checks.vae_loss(lambda vae, images, eps: (_ for _ in ()).throw(NotImplementedError()))

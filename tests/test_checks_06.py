@@ -1,4 +1,5 @@
 """The lesson 06 checks pass the reference and catch typical wrong answers."""
+import re
 import pytest
 import torch
 
@@ -133,3 +134,56 @@ def truncating(sampler, z0, strength, noise):
 def test_sdedit_start_catches(wrong, hint):
     with pytest.raises(CheckFailed, match=hint):
         checks.sdedit_start(wrong)
+
+
+# ----------------------------------------------------------------------------
+# cross-attention
+
+def attention_variant(kind):
+    import math
+
+    def fn(attn, x, context, mask):
+        B, N, C = x.shape
+        nh = 1 if kind in ("one head", "one head, head scale") else attn.num_heads
+        hs = C // nh
+        source = x if kind == "self-attention" else context
+        q = attn.to_q(x).view(B, N, nh, hs).transpose(1, 2)
+        k = attn.to_k(source).view(B, -1, nh, hs).transpose(1, 2)
+        v = attn.to_v(source).view(B, -1, nh, hs).transpose(1, 2)
+        scale = {"no scale": 1.0, "width scale": 1 / math.sqrt(C),
+                 "one head, head scale": 1 / math.sqrt(C // attn.num_heads)}.get(kind, 1 / math.sqrt(hs))
+        scores = q @ k.transpose(-2, -1) * scale
+        if kind != "no mask":
+            keep = ~mask if kind == "inverted mask" else mask
+            scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        weights = scores.softmax(dim=-2 if kind == "softmax over queries" else -1).nan_to_num()
+        y = (weights @ v).transpose(1, 2).reshape(B, N, C)
+        return y if kind == "no to_out" else attn.to_out(y)
+    return fn
+
+
+def test_cross_attention_accepts_reference(capsys):
+    checks.cross_attention(attention_variant("ok"))
+    checks.cross_attention(lambda attn, x, context, mask: attn(x, context, mask))
+    assert "Correct!" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind, hint", [
+    ("no scale", "1 / sqrt(head size) before the softmax"),
+    ("width scale", "not by 1 / sqrt of the full width"),
+    ("no mask", "padding tokens must get no attention"),
+    ("inverted mask", "True for REAL tokens"),
+    ("softmax over queries", "softmax goes over the tokens"),
+    ("one head, head scale", "split into attn.num_heads = 4 heads"),
+    ("one head", "one head of the full width"),
+    ("no to_out", "attn.to_out"),
+    ("self-attention", "keys and values from the context"),
+])
+def test_cross_attention_catches(kind, hint):
+    with pytest.raises(CheckFailed, match=re.escape(hint)):
+        checks.cross_attention(attention_variant(kind))
+
+
+def test_cross_attention_stub_gives_hint():
+    with pytest.raises(CheckFailed, match="NotImplementedError"):
+        checks.cross_attention(not_implemented)

@@ -15,12 +15,12 @@ passed and the one matcher of typical mistakes they share. Every check is also
 importable from here, which is how the notebooks call them.
 """
 from ._core import CheckFailed, expect, passed  # noqa: F401
-from .lesson00 import caption_of, count_captions  # noqa: F401
+from .lesson00 import caption_of, tokenize  # noqa: F401
 from .lesson01 import q_sample, alpha_bar_from_betas  # noqa: F401
-from .lesson02 import training_loss, ddpm_step  # noqa: F401
+from .lesson02 import training_loss, ddpm_step, res_block  # noqa: F401
 from .lesson03 import predict_x0, ddim_step  # noqa: F401
-from .lesson04 import clip_logits, clip_loss, zero_shot_predict  # noqa: F401
-from .lesson05 import reparameterize, kl_divergence, latent_numbers  # noqa: F401
-from .lesson06 import guided_eps, sdedit_start  # noqa: F401
+from .lesson04 import clip_logits, clip_loss, crop_keeps_caption, zero_shot_predict  # noqa: F401
+from .lesson05 import reparameterize, kl_divergence, vae_loss  # noqa: F401
+from .lesson06 import guided_eps, sdedit_start, cross_attention  # noqa: F401
 from .lesson07 import lr_schedule, ema_update, shard_batch  # noqa: F401
 from .lesson08 import flow_loss, euler_step, patchify, modulate  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..objectives import diffusion_loss, predict_x0
-from ._core import diagnose, expect, expect_tensor, passed, run_student_function, schedule_for_checks
+from ._core import CheckFailed, diagnose, expect, expect_tensor, passed, run_student_function, schedule_for_checks
 
 
 def _toy_denoiser(seed: int = 0):
@@ -97,3 +97,65 @@ def ddpm_step(student_step) -> None:
         diagnose(got, wrong, f"at t = {t} your x_(t-1) differs from "
                               "(x_t - beta_t / sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_t) + sigma_t * z.")
     passed("your DDPM step matches Algorithm 2 at t = 999, 500, 10, 1 and 0.")
+
+
+def _random_res_block(c_in: int, c_out: int, time_dim: int):
+    """A ResBlock with every weight random (its conv2 starts at zero, which would hide mistakes)."""
+    from ..unet import ResBlock
+    block = ResBlock(c_in, c_out, time_dim, dropout=0.0, groups=4).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0.0, 0.3)
+    return block
+
+
+def res_block(student_res_block) -> None:
+    """Exercise: the UNet's residual block, where the timestep enters the network.
+
+    student_res_block(block, x (B, C_in, H, W), temb (B, time_dim)) -> (B, C_out, H, W) with
+    h = conv1(SiLU(norm1(x))) + time_proj(SiLU(temb)) per channel, h = conv2(SiLU(norm2(h))),
+    and the result skip(x) + h (block is a unet.ResBlock; no dropout).
+    """
+    import torch.nn.functional as F
+    with torch.random.fork_rng():  # leave the notebook's random stream alone
+        torch.manual_seed(2)
+        cases = [(_random_res_block(c_in, c_out, 32), torch.randn(3, c_in, 6, 6), torch.randn(3, 32))
+                 for c_in, c_out in ((16, 16), (8, 16))]
+    for block, x, temb in cases:
+        c_in, c_out = x.shape[1], block.conv1.out_channels
+        with torch.no_grad():
+            try:
+                got = run_student_function(student_res_block, block, x, temb, name="my_res_block")
+            except RuntimeError as err:
+                hint = ("time_proj(SiLU(temb)) has shape (B, C_out): add [:, :, None, None] so it is added to "
+                        "every pixel of its channel" if c_in == c_out else
+                        f"here C_in = {c_in} and C_out = {c_out}: the skip path must go through block.skip(x) "
+                        "(a 1x1 convolution) before it can be added to h")
+                raise CheckFailed(f"Not yet: your block crashed ({err}). {hint}.") from err
+            expect_tensor(got, (3, c_out, 6, 6), "the block's output")
+            want = block(x, temb)
+            if torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+                continue
+            time = block.time_proj(F.silu(temb))[:, :, None, None]                     # (B, C_out, 1, 1)
+            h1 = block.conv1(F.silu(block.norm1(x)))                                   # (B, C_out, H, W)
+
+            def tail(h):
+                return block.conv2(F.silu(block.norm2(h)))
+            skip = block.skip(x)
+            wrong = {
+                "the time embedding is missing: add block.time_proj(SiLU(temb)), reshaped to (B, C_out, 1, 1), "
+                "to h after conv1 - that is how the block knows the noise level.": skip + tail(h1),
+                "pass the time embedding through SiLU before block.time_proj: time_proj(SiLU(temb)).":
+                    skip + tail(h1 + block.time_proj(temb)[:, :, None, None]),
+                "add the time after conv1, inside the block (before norm2, SiLU and conv2), not at the end.":
+                    skip + tail(h1) + time,
+                "the skip connection is missing: return block.skip(x) + h.": tail(h1 + time),
+                "normalise first, then SiLU: conv1(SiLU(norm1(x))), and the same before conv2.":
+                    skip + block.conv2(block.norm2(F.silu(h1 + time))) if c_in == c_out else None,
+                "the second half is missing: after adding the time, h = conv2(SiLU(norm2(h))).":
+                    skip + h1 + time,
+            }
+            diagnose(got, wrong, "your block differs from skip(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x))) "
+                                 "+ time_proj(SiLU(temb))))).", atol=1e-4)
+    passed("your ResBlock matches unet.ResBlock: the timestep reaches every pixel of every channel, "
+           "and the skip carries x around the block.")

@@ -85,6 +85,11 @@ def ddim_step(student_step) -> None:
             "* sqrt(1 - ab / ab_prev).":
                 ab_prev.sqrt() * x0_pred + (1 - ab_prev - sigma ** 2).sqrt() * eps if eta > 0 else None,
         }
+        if eta > 0:
+            wrong[f"your step ignores eta: with eta = {eta:g} it returned the eta = 0 update. Compute "
+                  "sigma = eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev), shrink the direction "
+                  "to sqrt(1 - ab_prev - sigma^2) * eps and add sigma * z."] = \
+                ab_prev.sqrt() * x0_pred + (1 - ab_prev).sqrt() * eps
         a_t = schedule.alpha[t]
         x0_alpha = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         wrong["use alpha_bar (cumulative), not alpha: x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / "

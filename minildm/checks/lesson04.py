@@ -98,3 +98,65 @@ def zero_shot_predict(student_predict) -> None:
            "predictions differ from argmax over prompts of cos(image, prompt). Embed the images with "
            "model.encode_image, the prompts with model.encode_text(tokenize(prompts)), and compare.")
     passed("zero-shot prediction: embed the prompts once, pick the most similar for each image.")
+
+
+def _crop_cases(n: int = 600, size: int = 32, seed: int = 4):
+    """Random (box, left, top, side) cases like random_square_crop's: objects of about a quarter
+    or a half of the side, crops of side >= 85% of the image."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n):
+        w = float([8, 16][int(torch.randint(0, 2, (1,), generator=g))])
+        cx, cy = (w / 2 + torch.rand(2, generator=g) * (size - w)).round().tolist()
+        box = (cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2)
+        side = int(torch.randint(28, size + 1, (1,), generator=g))
+        left, top = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=g))
+        cases.append((box, left, top, side))
+    return cases
+
+
+def crop_keeps_caption(student_rule) -> None:
+    """Exercise: student_rule(box (x0, y0, x1, y1), left, top, side, size) -> True when cutting the
+    square (left, top, side) out of a size x size image and resizing it back keeps the caption true:
+    the whole object stays in, and its centre stays in the same 3x3 cell, at least 10% of a cell
+    away from the cell's borders (recipes.clip.crop_keeps_caption)."""
+    from ..recipes.clip import CROP_CELL_MARGIN
+    from ..recipes.clip import crop_keeps_caption as reference
+    size, cases = 32, _crop_cases()
+    got = []
+    for box, left, top, side in cases:
+        answer = run_student_function(student_rule, box, left, top, side, size, name="your crop rule")
+        expect(isinstance(answer, bool) or (isinstance(answer, torch.Tensor) and answer.numel() == 1),
+               f"return True or False, got {type(answer).__name__}.")
+        got.append(bool(answer))
+    want = [bool(reference(*case, size)) for case in cases]
+    if got == want:
+        passed(f"your rule agrees with the library's on {len(cases)} random crops: whole object, same cell.")
+        return
+
+    def rule(case, whole=True, cell=True, margin=CROP_CELL_MARGIN, divide_by="side", shift=True):
+        (x0, y0, x1, y1), left, top, side = case
+        ok = not whole or (left <= x0 and top <= y0 and left + side >= x1 and top + side >= y1)
+        for centre, offset in (((x0 + x1) / 2, left), ((y0 + y1) / 2, top)):
+            after = 3 * (centre - (offset if shift else 0)) / (side if divide_by == "side" else size)
+            frac = after % 1
+            if cell:
+                ok = ok and after // 1 == 3 * centre / size // 1 and margin <= frac <= 1 - margin
+        return ok
+    mistakes = {
+        "you only check that the whole object stays in the crop. The crop is stretched back to the "
+        "full size, so the object's centre moves: check that it stays in the same 3x3 cell.":
+            dict(cell=False),
+        "the object must also stay whole: a crop that cuts part of it off changes the picture.": dict(whole=False),
+        "the crop of side `side` is resized to `size` pixels: after the crop the centre in cell units is "
+        "3 * (centre - left) / side, not divided by size.": dict(divide_by="size"),
+        "measure the centre from the crop's corner: 3 * (centre - left) / side.": dict(shift=False),
+        f"keep the centre at least {CROP_CELL_MARGIN:g} of a cell away from the cell's borders (on the "
+        "border, a one-pixel change would move it to the next cell).": dict(margin=0.0),
+    }
+    for hint, kw in mistakes.items():
+        expect(got != [rule(case, **kw) for case in cases], hint)
+    k = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    box, left, top, side = cases[k]
+    expect(False, f"for the object box {box} and the crop left={left}, top={top}, side={side} the answer "
+                  f"is {want[k]}, you said {got[k]}.")

@@ -77,14 +77,60 @@ def kl_divergence(student_kl) -> None:
     passed("KL(q(z|x) || N(0, I)) per image matches the reference, and is 0 for the prior.")
 
 
-def latent_numbers(student_numbers) -> None:
-    """Exercise: how many numbers does the UNet see per step for one 32x32 image, in latent space?
+def _random_vae():
+    """A small, randomly initialised TinyVAE with a KL weight and scale factor large enough that
+    leaving them out shows."""
+    from ..vae import TinyVAE, VAEConfig
+    with torch.random.fork_rng():  # leave the notebook's random stream alone
+        torch.manual_seed(5)
+        return TinyVAE(VAEConfig(base_channels=8, kl_weight=0.05, scale_factor=1.7)).eval()
 
-    student_numbers: the student's function (called with no arguments) or its answer."""
-    if callable(student_numbers):
-        student_numbers = run_student_function(student_numbers, name="my_latent_numbers")
-    expect(isinstance(student_numbers, int), f"give a whole number, got {type(student_numbers).__name__}.")
-    expect(student_numbers != 3 * 32 * 32, "that is the pixel count (3 x 32 x 32); the UNet works on latents.")
-    expect(student_numbers == 4 * 8 * 8, "multiply latent channels x latent height x latent width "
-                                         "(32 / 4 = 8 on each side).")
-    passed(f"{4 * 8 * 8} numbers per latent, {3 * 32 * 32 // (4 * 8 * 8)}x fewer than 3 x 32 x 32 pixels.")
+
+def vae_loss(student_loss) -> None:
+    """Exercise: the VAE's training loss on a batch, with the noise eps given.
+
+    student_loss(vae, images (B, 3, H, W) in [0, 1], eps (B, 4, h, w)) -> scalar tensor:
+    (mean, logvar) = vae.encode_distribution(images); z = mean + exp(0.5 logvar) eps;
+    reconstruction = (vae.decoder(z) + 1) / 2; loss = MSE(reconstruction, images)
+    + vae.config.kl_weight * (KL per image, averaged over the batch).
+    """
+    import torch.nn.functional as F
+    from ..data import shapes
+    from ..vae import kl_divergence as kl, reparameterize as reference_reparameterize
+    from ..vae import vae_loss as reference
+    vae = _random_vae()
+    images = shapes.sample_batch(4, "train", vae.config.image_size, seed=5)[0]
+    eps = torch.randn(4, vae.config.latent_channels, vae.config.latent_size, vae.config.latent_size,
+                      generator=torch.Generator().manual_seed(5))
+    got = run_student_function(student_loss, vae, images.clone(), eps.clone(), name="my_vae_loss")
+    got = got[0] if isinstance(got, tuple) else got                  # (loss, metrics) is fine too
+    expect(isinstance(got, torch.Tensor), f"return a torch.Tensor, got {type(got).__name__}.")
+    expect(got.numel() == 1, f"the loss is one number (average over the batch), got shape {tuple(got.shape)}.")
+    got = got.reshape(())
+    mean, logvar = vae.encode_distribution(images)
+    z = reference_reparameterize(mean, logvar, eps)
+    recon = (vae.decoder(z) + 1) / 2
+    w = vae.config.kl_weight
+    want, _ = reference(recon, images, mean, logvar, w)
+    mse = F.mse_loss(recon, images)
+    match_mistake(got.detach(), atol=1e-5, mistakes={
+        "decode a *sample* z = mean + exp(0.5 * logvar) * eps (the reparameterisation trick), not the "
+        "mean: the decoder must learn to cope with the encoder's noise.":
+            F.mse_loss((vae.decoder(mean) + 1) / 2, images) + w * kl(mean, logvar).mean(),
+        "the KL term is missing: loss = MSE + kl_weight * KL.": mse,
+        "multiply the KL by vae.config.kl_weight.": mse + kl(mean, logvar).mean(),
+        "average the per-image KL over the batch (.mean()), as the MSE is averaged.":
+            mse + w * kl(mean, logvar).sum(),
+        "the decoder outputs values in [-1, 1] and the images are in [0, 1]: map (decoder(z) + 1) / 2 "
+        "before comparing.": F.mse_loss(vae.decoder(z), images) + w * kl(mean, logvar).mean(),
+        "use the mean squared error (averaged over every pixel value), not the sum.":
+            (recon - images).pow(2).sum() + w * kl(mean, logvar).mean(),
+        "vae.decode expects latents multiplied by scale_factor (and clamps its output); in training "
+        "decode the unscaled sample: (vae.decoder(z) + 1) / 2.":
+            F.mse_loss(vae.decode(z), images) + w * kl(mean, logvar).mean(),
+    })
+    expect_close(got.detach(), want.detach(), "the loss differs from MSE((decoder(z) + 1) / 2, images) "
+                                              "+ kl_weight * mean KL per image", atol=1e-5)
+    expect(got.requires_grad, "the loss has no gradient: compute it from the VAE's outputs with torch "
+                              "operations (no .item(), no torch.no_grad()) so training can follow it.")
+    passed("MSE of a decoded sample + kl_weight * KL: the loss TinyVAE trains with.")

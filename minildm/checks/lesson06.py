@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._core import expect, expect_close, expect_tensor, match_mistake, passed, run_student_function
+from ._core import CheckFailed, expect, expect_close, expect_tensor, match_mistake, passed, run_student_function
 
 
 def guided_eps(student_guided_eps) -> None:
@@ -88,3 +88,70 @@ def sdedit_start(student_start) -> None:
                      atol=1e-4)
     passed("strength picks how many of the sampler's steps to run; img2img starts from z0 noised "
            "to the first of them.")
+
+
+def _attend(attn, x, context, mask, heads=None, scale=None, softmax_dim=-1, out=True):
+    """Cross-attention written out, with knobs for the typical mistakes (mask None = no masking)."""
+    B, N, C = x.shape
+    nh = heads or attn.num_heads
+    q = attn.to_q(x).view(B, N, nh, C // nh).transpose(1, 2)                 # (B, nh, N, hs)
+    k = attn.to_k(context).view(B, -1, nh, C // nh).transpose(1, 2)          # (B, nh, L, hs)
+    v = attn.to_v(context).view(B, -1, nh, C // nh).transpose(1, 2)          # (B, nh, L, hs)
+    scores = q @ k.transpose(-2, -1) * (scale if scale is not None else (C // nh) ** -0.5)  # (B, nh, N, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    y = (scores.softmax(dim=softmax_dim).nan_to_num() @ v).transpose(1, 2).reshape(B, N, C)
+    return attn.to_out(y) if out else y
+
+
+def cross_attention(student_attention) -> None:
+    """Exercise: the cross-attention through which the UNet reads the prompt.
+
+    student_attention(attn, x (B, N, C), context (B, L, D), context_mask (B, L) bool) -> (B, N, C),
+    attn a unet.Attention: queries attn.to_q(x), keys attn.to_k(context), values attn.to_v(context),
+    split into attn.num_heads heads of size C / num_heads; softmax(q k^T / sqrt(head size)) over the
+    tokens, padding (mask False) excluded; times the values; heads merged; then attn.to_out.
+    """
+    from ..unet import Attention
+    with torch.random.fork_rng():  # leave the notebook's random stream alone
+        torch.manual_seed(6)
+        attn = Attention(16, num_heads=4, context_dim=12).eval()
+        with torch.no_grad():
+            for p in attn.parameters():                                    # to_out starts at zero: undo
+                p.normal_(0.0, 0.5)
+        x, context = torch.randn(2, 9, 16), torch.randn(2, 5, 12)
+    mask = torch.tensor([[True, True, True, False, False], [True, True, True, True, False]])
+    with torch.no_grad():
+        try:
+            got = run_student_function(student_attention, attn, x.clone(), context.clone(), mask.clone(),
+                                       name="my_cross_attention")
+        except RuntimeError as err:
+            raise CheckFailed(f"Not yet: your attention crashed ({err}). In CROSS-attention the queries come "
+                              "from x (B, N, C) but the keys and values from the context (B, L, D): "
+                              "attn.to_k(context), attn.to_v(context). Split each into heads with "
+                              ".view(B, -1, num_heads, C // num_heads).transpose(1, 2).") from err
+        expect_tensor(got, x.shape, "the attention output (one vector per query pixel)")
+        want = attn(x, context, mask)
+        C, nh = x.shape[-1], attn.num_heads
+        match_mistake(got, atol=1e-4, mistakes={
+            "scale the scores by 1 / sqrt(head size) before the softmax, or it saturates as widths grow.":
+                _attend(attn, x, context, mask, scale=1.0),
+            f"scale by 1 / sqrt(head size) = 1 / sqrt({C // nh}), not by 1 / sqrt of the full width {C}.":
+                _attend(attn, x, context, mask, scale=C ** -0.5),
+            "the padding tokens must get no attention: set their scores to -inf (where the mask is False) "
+            "before the softmax.": _attend(attn, x, context, None),
+            "the mask is True for REAL tokens: mask out where it is False, not where it is True.":
+                _attend(attn, x, context, ~mask),
+            "the softmax goes over the tokens (the keys, the last dimension): each pixel's weights over the "
+            "prompt sum to 1.": _attend(attn, x, context, mask, softmax_dim=-2),
+            f"split into attn.num_heads = {nh} heads of size {C // nh}: each head attends on its own.":
+                _attend(attn, x, context, mask, heads=1, scale=(C // nh) ** -0.5),
+            "one head of the full width is not it: split into attn.num_heads heads.":
+                _attend(attn, x, context, mask, heads=1),
+            "finish with attn.to_out (merge the heads, then the output projection).":
+                _attend(attn, x, context, mask, out=False),
+        })
+        expect_close(got, want, "your output differs from to_out(softmax(q k^T / sqrt(hs)) v) with q from x and "
+                                "k, v from the context", atol=1e-4)
+    passed("queries from the pixels, keys and values from the prompt, one softmax per pixel and head: "
+           "this is how every word reaches the image.")

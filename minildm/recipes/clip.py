@@ -49,6 +49,26 @@ def object_boxes(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1).float()
 
 
+def crop_keeps_caption(box, left, top, side, size: int, margin: float = CROP_CELL_MARGIN):
+    """Does the caption stay true after cutting the square (left, top, side) out of a
+    size x size image and resizing it back to size x size?
+
+    box = (x0, y0, x1, y1), the object's bounding box in pixels. True when the crop
+    keeps the whole object and the object's centre stays in the same 3x3 cell,
+    at least `margin` of a cell away from the cell's borders (so a one-pixel
+    shift cannot change the cell). Numbers or broadcastable tensors (then an
+    elementwise answer). Taught in notebooks/04_clip.ipynb (an exercise).
+    """
+    x0, y0, x1, y1 = box
+    ok = (left <= x0) & (top <= y0) & (left + side >= x1) & (top + side >= y1)   # nothing cut off
+    for centre, offset in (((x0 + x1) / 2, left), ((y0 + y1) / 2, top)):
+        before = 3 * centre / size                  # the centre in cell units (0..3) before the crop
+        after = 3 * (centre - offset) / side        # ... and after: the crop is stretched to the full size
+        frac = after - after // 1                   # where inside its cell
+        ok = ok & (after // 1 == before // 1) & (frac >= margin) & (frac <= 1 - margin)
+    return ok
+
+
 def random_square_crop(images: torch.Tensor, generator: torch.Generator | None = None,
                        min_scale: float = 0.85, keep_cell: bool = True, tries: int = 16) -> torch.Tensor:
     """Crop a random square of side in [min_scale, 1] x the image and resize it back.
@@ -70,14 +90,7 @@ def random_square_crop(images: torch.Tensor, generator: torch.Generator | None =
     oy = (torch.rand(n, tries, generator=generator) * (size - side + 1)).floor()   # top edges
     if keep_cell:
         box = object_boxes(images)[:, None, :]                            # (N, 1, 4)
-        cx, cy = (box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2  # (N, 1)
-        inside = (ox <= box[..., 0]) & (oy <= box[..., 1]) & (ox + side >= box[..., 2]) & (oy + side >= box[..., 3])
-        ok = inside.clone()
-        for c, o in ((cx, ox), (cy, oy)):
-            before = 3 * c / size                                         # cell coordinate before the crop
-            after = 3 * (c - o) / side                                    # ... and after
-            frac = after - after.floor()
-            ok &= (after.floor() == before.floor()) & (frac >= CROP_CELL_MARGIN) & (frac <= 1 - CROP_CELL_MARGIN)
+        ok = crop_keeps_caption(box.unbind(-1), ox, oy, side, size)       # (N, K)
         choice = torch.where(ok.any(1), ok.float().argmax(1), -1)        # (N,) first good try or -1
     else:
         choice = torch.zeros(n, dtype=torch.long)
