@@ -204,6 +204,49 @@ def run(quick: bool = False, device: str = "auto", models=None) -> dict:
     return _rounded(results)
 
 
+def gpu_check(device: str = "cuda", steps: int = 300, quick: bool = False) -> dict:
+    """The prepared first run on a GPU (`python -m minildm bench --gpu-check`, <= 5 minutes):
+
+    1. fp32 and bf16 matmul FLOP/s (what the device can do);
+    2. the gpu presets of the latent UNet and the pixel UNet through the real loop for
+       `steps` steps in bf16, and again with torch.compile: images/s and utilisation;
+    3. the shipped pipeline sampling 108 captions with DDIM-50 on the device, judged:
+       all-four-correct should match the CPU figure (README) within noise.
+    quick (or a CPU device): tiny presets and few steps, to test this code path anywhere.
+    """
+    from .data import shapes
+    from .data.judge import grade_conditional
+    from .pipeline import LatentDiffusionPipeline
+    dev = training.pick_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    small = quick or dev.type != "cuda"
+    t0 = time.perf_counter()
+    peak = {"fp32": matmul_flops(dev, torch.float32, small), "bf16": matmul_flops(dev, torch.bfloat16, small)}
+    out = {"machine": machine(dev), "matmul_gflops": {k: v / 1e9 for k, v in peak.items()}, "training": {}}
+    preset, steps = ("tiny", 3) if small else ("gpu", steps)
+    for name in ("ldm", "pixel_unet"):
+        job = capture_job(name, preset, str(dev))
+        flops = step_flops(job, dev)
+        row = {"preset": preset, "batch_size": job.cfg.batch_size, "steps": steps, "gflops_per_step": flops / 1e9}
+        for key, compiled in (("bf16", False), ("bf16+compile", True)):
+            try:
+                timing = time_training(job, dev, steps, "bf16", compiled)
+                row[key] = {**timing, "utilisation": flops * 1000 / timing["step_ms"] / peak["bf16"]}
+            except Exception as err:  # e.g. no working compiler for torch.compile
+                row[key] = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
+        out["training"][name] = row
+    pipe = LatentDiffusionPipeline.from_pretrained(device=dev)
+    labels = shapes.all_labels()[::3]                                          # 108 captions
+    t1 = time.perf_counter()
+    images = pipe([shapes.caption(l) for l in labels], num_steps=10 if small else 50, seed=0).cpu()
+    out["sampling"] = {"images": len(images), "seconds": time.perf_counter() - t1,
+                       **grade_conditional(images, labels)}
+    out["seconds"] = time.perf_counter() - t0
+    return _rounded(out)
+
+
 def _rounded(value):
     if isinstance(value, float):
         return float(f"{value:.4g}")
@@ -254,11 +297,17 @@ def markdown(results: dict) -> str:
 
 
 def main(args) -> dict:
-    """`python -m minildm bench [--quick] [--device D] [--json FILE]`."""
+    """`python -m minildm bench [--quick] [--device D] [--json FILE] [--gpu-check]`."""
     torch.manual_seed(0)
-    results = run(quick=getattr(args, "quick", False), device=getattr(args, "device", "auto"))
-    print(json.dumps(results, indent=2))
-    print(table(results))
+    if getattr(args, "gpu_check", False):
+        device = getattr(args, "device", "auto")
+        results = gpu_check("cuda" if device == "auto" and torch.cuda.is_available() else
+                            ("cpu" if device == "auto" else device), quick=getattr(args, "quick", False))
+        print(json.dumps(results, indent=2))
+    else:
+        results = run(quick=getattr(args, "quick", False), device=getattr(args, "device", "auto"))
+        print(json.dumps(results, indent=2))
+        print(table(results))
     if getattr(args, "json", None):
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,3 +58,14 @@ def test_table_lists_every_model():
     text = bench.table(results)
     assert "vae" in text and "15.0%" in text and "ldm" in text and "skipped" in text
     assert "20.0x faster" in text
+
+
+def test_gpu_check_runs_its_code_path_on_the_cpu():
+    """The GPU check has never met a GPU here; its code path runs on the CPU with tiny presets."""
+    out = bench.gpu_check("cpu", quick=True)
+    assert out["machine"]["device"] == "cpu" and out["matmul_gflops"]["bf16"] > 0
+    for name in ("ldm", "pixel_unet"):
+        row = out["training"][name]
+        assert row["preset"] == "tiny" and row["gflops_per_step"] > 0
+        assert row["bf16"]["images_per_s"] > 0 and 0 < row["bf16"]["utilisation"] < 2
+    assert out["sampling"]["images"] == 108 and 0 <= out["sampling"]["all_four"] <= 1
