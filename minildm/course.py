@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = "raise NotImplementedError  # your code here"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
+_started = time.perf_counter()  # reset by setup(): when this notebook's run began
 
 
 def fast_mode() -> bool:
@@ -54,12 +56,21 @@ def setup(seed: int = 0) -> tuple[bool, torch.device]:
     Returns (fast, device).
     """
     from .train import pick_device
+    global _started
+    _started = time.perf_counter()
     seed_everything(seed)
     device = pick_device("auto")
     fast = fast_mode()
     mode = "FAST mode (MINILDM_FAST=1): tiny runs" if fast else "full mode"
     print(f"minildm course | device: {device} | {mode} | seed {seed}")
     return fast, device
+
+
+def run_time() -> str:
+    """How long this notebook has run since setup(), for its last cell: the time a lesson takes is
+    printed by the run itself, never typed into the text."""
+    minutes = (time.perf_counter() - _started) / 60
+    return f"this run: {minutes:.1f} min ({'fast' if fast_mode() else 'full'} mode)"
 
 
 # ----------------------------------------------------------------------------
