@@ -11,6 +11,10 @@
     python -m minildm course student-edition OUT_DIR
     python -m minildm data preview --out shapes.png
 
+Every error is one line ("error: ...") naming the file or value and what is allowed;
+--debug (anywhere on the line) shows the full traceback instead. Outputs are checked
+before the work starts, so an unwritable --out fails in a second, not after training.
+
 Every trained model's recipe lives in minildm/recipes/ (`job`, `fit`, `evaluate`);
 this file parses arguments, checks them, and dispatches.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from .recipes import MODELS
 
 PRESETS = ("tiny", "cpu", "gpu")
+STEPS_HELP = "sampling steps (default 50; the ddpm sampler always runs all of the model's T steps)"
 
 
 class UsageError(ValueError):
@@ -72,16 +77,26 @@ def _positive_float(text: str) -> float:
 
 def cmd_demo(args) -> None:
     from .demo import make_demo
-    path = make_demo(args.out)
+    from .inputs import check_output_file
+    path = make_demo(check_output_file(args.out))
     print(f"wrote {path}")
     print("Open the course:  jupyter lab notebooks/00_welcome.ipynb")
 
 
 def cmd_train(args) -> None:
+    from .devices import pick_device
+    from .weights_io import check_writable_folder
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --run-dir and --overwrite deletes it; choose one")
+    if args.device:
+        pick_device(args.device)                       # a device this machine lacks: an error now
+    check_writable_folder(args.out)                    # outputs checked before the training, not after
+    check_writable_folder(args.run_dir)
     overrides = {k: v for k, v in {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
         "precision": args.precision, "compile": args.compile or None, "seed": args.seed,
-        "resume": args.resume or None, "checkpoint_every": args.checkpoint_every, "minutes": args.minutes,
+        "resume": args.resume or None, "overwrite": args.overwrite or None,
+        "checkpoint_every": args.checkpoint_every, "minutes": args.minutes,
     }.items() if v is not None}
     names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
     for name in names:
@@ -94,6 +109,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    if args.json:
+        from .inputs import check_output_file
+        check_output_file(args.json, (".json",))       # before the evaluation, not after
     module = _module(args.model)
     kwargs = {"weights": args.weights} if args.weights else {}
     if args.quick:
@@ -106,11 +124,11 @@ def cmd_evaluate(args) -> None:
 
 def cmd_generate(args) -> Path:
     """`python -m minildm generate PROMPT -n 8 --out grid.png`."""
-    from .inputs import check_int, save_images
+    from .inputs import check_int, check_output_file, save_images
     from .pipeline import LatentDiffusionPipeline
-    from .train import pick_device
-    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=pick_device("auto"))
+    check_output_file(args.out)
     n = check_int(args.num_images, "--num-images", 1, 1024)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=args.device)
     images = pipe([args.prompt] * n, num_steps=args.steps, guidance_scale=args.guidance,
                   seed=args.seed, sampler=args.sampler, progress=True)
     path = save_images(images, args.out)
@@ -120,12 +138,12 @@ def cmd_generate(args) -> Path:
 
 def cmd_img2img(args) -> Path:
     """`python -m minildm img2img in.png PROMPT --strength 0.6 --out out.png`."""
-    from .inputs import check_float, check_prompts, load_image, save_images
+    from .inputs import check_float, check_output_file, check_prompts, load_image, save_images
     from .pipeline import LatentDiffusionPipeline
-    from .train import pick_device
     check_float(args.strength, "--strength", 0.0, 1.0)
     check_prompts(args.prompt)
-    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=pick_device("auto"))
+    check_output_file(args.out)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=args.device)
     image = load_image(args.image, pipe.config.image_size)
     edited = pipe.img2img(image, args.prompt, strength=args.strength, num_steps=args.steps,
                           guidance_scale=args.guidance, seed=args.seed, progress=True)
@@ -152,12 +170,14 @@ def cmd_course(args) -> None:
 
 def cmd_data(args) -> None:
     from .demo import dataset_preview
-    path = dataset_preview(args.out, n=args.n, seed=args.seed, resolution=args.resolution)
+    from .inputs import check_output_file
+    path = dataset_preview(check_output_file(args.out), n=args.n, seed=args.seed, resolution=args.resolution)
     print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minildm", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="write a picture of the course's results")
@@ -180,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=_positive_float,
                    help="train as well as possible within this wall-clock budget (the schedule fits it)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--run-dir holds a run: delete its checkpoints and metrics and start over")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="measure a trained model; prints JSON")
@@ -192,12 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text to image with the latent diffusion pipeline")
     p.add_argument("prompt")
     p.add_argument("-n", "--num-images", type=_positive_int, default=8)
-    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--sampler", help="the model's sampler (default: its own, ddim; euler for a flow model); "
                                      "a wrong name is an error that lists the allowed ones")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", default="generated.png")
     p.set_defaults(func=cmd_generate)
 
@@ -205,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("prompt")
     p.add_argument("--strength", type=float, default=0.6)
-    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--out", default="img2img.png")
     p.set_defaults(func=cmd_img2img)
 
@@ -243,18 +267,49 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=_seed, default=0)
     q.add_argument("--resolution", type=int, choices=(32, 64), default=32)
     q.set_defaults(func=cmd_data)
+    _add_debug(parser)
     return parser
 
 
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """Accept --debug after the command too (`generate ... --debug`), in every subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show the full traceback of an error")
+                _add_debug(child)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: what went wrong and where, without a traceback."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        text = f"{err.strerror}{where}"
+    elif isinstance(err, (ValueError, OSError)):
+        text = str(err)
+    else:                                           # a bug, not bad input: say how to see more
+        text = f"{type(err).__name__}: {err} (unexpected; rerun with --debug for the traceback)"
+    return " ".join(text.split())
+
+
 def main(argv=None) -> int:
+    """Run one command. Exit status: 0 done, 2 an error (one line on stderr), 130 Ctrl-C;
+    with --debug an error shows its full traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train import NaNLossError
-    from .weights_io import WeightsError
+    debug = getattr(args, "debug", False)
     try:
         args.func(args)
-    except (UsageError, WeightsError, NaNLossError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error reaches the user as one line
+        if debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,6 +9,7 @@ Taught in notebooks/06_latent_diffusion.ipynb.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,33 @@ def load_image(path, size: int = 32) -> torch.Tensor:
 
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")   # what save_images writes
+
+
+def check_output_file(path, suffixes=IMAGE_SUFFIXES) -> Path:
+    """An output file checked before any work is done: its name ends in one of `suffixes`,
+    it is not a folder, and its folder can be written (it is created if needed).
+    ValueError naming the path and what is allowed otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"cannot write {path}: the file name must end in {' or '.join(suffixes)}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".minildm-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: {err.strerror or err} (in {path.parent})") from err
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file exists and is read-only")
+    return path
+
+
 def save_images(images: torch.Tensor, path, ncols: int = 8, gap: int = 2) -> Path:
     """Write images (N, 3, H, W) in [0, 1] as one PNG: the image itself when N = 1,
     else a grid with `gap` black pixels around and between the images."""
@@ -112,8 +140,7 @@ def save_images(images: torch.Tensor, path, ncols: int = 8, gap: int = 2) -> Pat
         top, left = gap + (i // ncols) * (h + gap), gap + (i % ncols) * (w + gap)
         grid[:, top:top + h, left:left + w] = image
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path)
     try:
         Image.fromarray(pixels).save(path)
     except (ValueError, KeyError) as err:  # PIL: unknown file extension

@@ -57,6 +57,7 @@ from .weights_io import (PACKAGE_WEIGHTS, WeightsError, check_device, load_confi
 NAME = "ldm"                    # subfolder of the UNet in a pipeline folder
 MAX_STEPS = 1000                # num_steps allowed: 1..MAX_STEPS
 MAX_GUIDANCE = 50.0             # guidance_scale allowed: 0..MAX_GUIDANCE
+DEFAULT_STEPS = 50              # num_steps=None: 50 steps (DDPM always runs all T)
 SAMPLERS = ("ddim", "ddpm")
 
 
@@ -107,6 +108,17 @@ def check_parts(config: PipelineConfig, ldm_dir: Path, vae, clip, unet) -> None:
     if context != clip.config.text_width:
         raise WeightsError(f"{ldm_dir / 'config.json'}: context_dim = {context}, but the CLIP text encoder "
                            f"gives {clip.config.text_width}-wide tokens; allowed: {clip.config.text_width}")
+
+
+def plural(n: int, word: str) -> str:
+    """plural(1, "image") -> "1 image"; plural(2, "image") -> "2 images"."""
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def image_generators(seed: int, n: int) -> list:
+    """One CPU generator per image, image i seeded with seed + i: the noise of an image depends
+    on its seed alone, not on its place in the batch (and is the same on every device)."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
 def fingerprint(folder) -> str:
@@ -228,7 +240,14 @@ class LatentDiffusionPipeline:
 
     @torch.no_grad()
     def decode_latents(self, z0: torch.Tensor) -> torch.Tensor:
-        """Step 5: latents (N, 4, 8, 8) -> images (N, 3, 32, 32) in [0, 1]."""
+        """Step 5: latents (N, 4, 8, 8) -> images (N, 3, 32, 32) in [0, 1].
+
+        NaN or infinite latents raise ValueError: they would decode to black images
+        that look like a result."""
+        if not torch.isfinite(z0).all():
+            raise ValueError("sampling gave NaN or infinite latents, so there is no image to return: the "
+                             "weights may be broken (re-train or restore them) or the sampler diverged "
+                             "(try a lower guidance_scale)")
         return self.vae.decode(z0.to(self.device)).clamp(0, 1)
 
     def make_sampler(self, sampler: str, num_steps: int):
@@ -252,8 +271,13 @@ class LatentDiffusionPipeline:
         if n is not None and len(prompts) == 1 and n > 1:
             prompts = prompts * n                                    # broadcast one prompt
         if n is not None and len(prompts) != n:
-            raise ValueError(f"got {n} images and {len(prompts)} prompts; give one prompt per "
-                             f"image, or a single prompt for all")
+            raise ValueError(f"got {plural(n, 'image')} and {plural(len(prompts), 'prompt')}; give one "
+                             f"prompt per image, or a single prompt for all")
+        if sampler == "ddpm" and num_steps not in (None, self.schedule.num_timesteps):
+            raise ValueError(f"sampler='ddpm' always runs all {self.schedule.num_timesteps} steps (DDPM "
+                             f"Algorithm 2), so num_steps={num_steps!r} would be ignored; leave num_steps "
+                             f"out, or use sampler='ddim' for fewer steps")
+        num_steps = DEFAULT_STEPS if num_steps is None else num_steps
         num_steps = check_int(num_steps, "num_steps", 1, min(MAX_STEPS, self.schedule.num_timesteps))
         guidance_scale = check_float(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE)
         seed = check_int(seed, "seed", 0, 2 ** 63 - 1)
@@ -268,12 +292,13 @@ class LatentDiffusionPipeline:
         uncond, uncond_mask = self.encode_prompts(negative)
         eps_fn = classifier_free_guidance(self.denoiser, context, uncond, guidance_scale,
                                           context_mask=mask, uncond_mask=uncond_mask)
-        generator = torch.Generator().manual_seed(seed)              # CPU: same noise on every device
+        generator = image_generators(seed, len(prompts))             # one per image: seed + i
         return prompts, eps_fn, self.make_sampler(sampler, num_steps), generator
 
-    def _noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+    def _noise(self, n: int, generator: list) -> torch.Tensor:
+        """zT (N, 4, 8, 8): image i's noise from its own generator, drawn on the CPU."""
         c, s = self.config.latent_channels, self.config.latent_size
-        return torch.randn(n, c, s, s, generator=generator).to(self.device)  # (N, 4, 8, 8)
+        return torch.stack([torch.randn(c, s, s, generator=g) for g in generator[:n]]).to(self.device)
 
     def _finish(self, z0, trajectory, return_trajectory):
         images = self.decode_latents(z0)
@@ -283,10 +308,15 @@ class LatentDiffusionPipeline:
         return images, frames
 
     @torch.no_grad()
-    def __call__(self, prompts, num_steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+    def __call__(self, prompts, num_steps: int | None = None, guidance_scale: float = 3.0, seed: int = 0,
                  sampler: str = "ddim", negative_prompt=None, return_trajectory: bool = False,
                  progress: bool = False):
         """Text to image: one image per prompt -> float (N, 3, 32, 32) in [0, 1].
+
+        Image i has its own random generator, torch.Generator().manual_seed(seed + i) on the
+        CPU, so image i of a batch is the image that prompt gives alone with seed + i
+        (whatever the other prompts): any image can be regenerated by itself.
+        num_steps=None is DEFAULT_STEPS (50); DDPM always runs all T steps.
 
         Steps 3 -> 4 -> 5: encode the prompts, denoise pure noise zT with guidance,
         decode. With return_trajectory=True also returns the decoded intermediate
@@ -301,13 +331,14 @@ class LatentDiffusionPipeline:
         return self._finish(z0, trajectory, return_trajectory)
 
     @torch.no_grad()
-    def img2img(self, images, prompts, strength: float = 0.6, num_steps: int = 50,
+    def img2img(self, images, prompts, strength: float = 0.6, num_steps: int | None = None,
                 guidance_scale: float = 3.0, seed: int = 0, sampler: str = "ddim",
                 negative_prompt=None, return_trajectory: bool = False, progress: bool = False):
         """Image + text to image (SDEdit): encode, noise to the strength's timestep, denoise.
 
         strength 0 keeps the image (up to the VAE's reconstruction), 1 starts from
-        pure noise and ignores it. One prompt per image, or one for all.
+        pure noise and ignores it. One prompt per image, or one for all. Image i is
+        noised with its own generator (seed + i), as in __call__.
         """
         strength = check_float(strength, "strength", 0.0, 1.0)
         images = check_images(images, self.config.image_size)

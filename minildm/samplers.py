@@ -39,10 +39,19 @@ from .objectives import FLOW_TIMESTEPS, flow_interpolate, x0_from_eps, x0_from_v
 from .schedule import NoiseSchedule
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x; drawn from `generator` (on its own device) when given."""
+def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like x; drawn from `generator` (on its own device) when given.
+
+    generator may also be a list with one generator per batch element: x[i]'s noise then
+    comes from generator[i] alone, so an image's noise does not depend on the batch around it
+    (a list of one draws exactly what that one generator would).
+    """
     if generator is None:
         return torch.randn_like(x)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}; give one per element")
+        return torch.stack([_randn_like(x_i, g) for x_i, g in zip(x, generator)])
     noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
     return noise.to(x.device)
 

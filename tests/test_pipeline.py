@@ -64,8 +64,8 @@ def test_prompt_changes_the_image(pipe):
 def test_guidance_one_is_the_conditional_prediction(pipe):
     """w = 1: eps_u + 1 * (eps_c - eps_u) = eps_c, so sampling equals a plain conditional loop."""
     context, mask = pipe.encode_prompts(PROMPTS)
-    generator = torch.Generator().manual_seed(7)
-    zT = torch.randn(2, 4, 8, 8, generator=generator)
+    zT = torch.stack([torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + i))  # image i: seed + i
+                      for i in range(2)])
     sampler = DDIMSampler(pipe.schedule, num_steps=4, clip_x0=False)
     z0 = sample(lambda x, t: pipe.unet(x, t, context, mask), sampler, zT, progress=False)
     expected = pipe.decode_latents(z0)
@@ -243,12 +243,12 @@ def test_cli_commands(pipe, tmp_path, capsys):
     from minildm.__main__ import cmd_generate, main
     pipe.save_pretrained(tmp_path / "p")
     args = argparse.Namespace(prompt=PROMPTS[0], num_images=3, steps=2, guidance=3.0, sampler="ddim",
-                              seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "grid.png"))
+                              seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "grid.png"), device="auto")
     cmd_generate(args)
     assert "seed 5" in capsys.readouterr().out
     assert Image.open(tmp_path / "grid.png").size == (3 * 34 + 2, 36)   # 3 images, 2-pixel gaps
     args = argparse.Namespace(prompt=PROMPTS[0], num_images=1, steps=2, guidance=3.0, sampler="ddim",
-                              seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "one.png"))
+                              seed=5, weights=str(tmp_path / "p"), out=str(tmp_path / "one.png"), device="auto")
     cmd_generate(args)
     assert Image.open(tmp_path / "one.png").size == (32, 32)            # one image: no border
     assert main(["img2img", str(tmp_path / "one.png"), PROMPTS[1], "--strength", "0.5", "--steps", "2",
