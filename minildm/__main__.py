@@ -109,9 +109,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    if args.json:
-        from .inputs import check_output_file
-        check_output_file(args.json, (".json",))       # before the evaluation, not after
+    _check_json_out(args)                              # before the evaluation, not after
     module = _module(args.model)
     kwargs = {"weights": args.weights} if args.weights else {}
     if args.quick:
@@ -152,18 +150,29 @@ def cmd_img2img(args) -> Path:
     return path
 
 
+def _check_json_out(args) -> None:
+    """--json checked before the measurements, not after them."""
+    if getattr(args, "json", None):
+        from .inputs import check_output_file
+        check_output_file(args.json, (".json",))
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
+    _check_json_out(args)
     bench_main(args)
 
 
 def cmd_compare(args) -> None:
     from .recipes.compare import main as compare_main
+    _check_json_out(args)
     compare_main(args)
 
 
 def cmd_course(args) -> None:
     from .course import write_student_edition
+    from .weights_io import check_writable_folder
+    check_writable_folder(args.out_dir)
     written = write_student_edition(args.out_dir, args.notebooks)
     print(f"wrote the student edition of {len(written)} notebooks to {args.out_dir}")
 

@@ -193,8 +193,9 @@ def check_writable_folder(folder) -> Path:
     """Make sure `folder` can be written before long work starts: create it if needed and
     write (then remove) a probe file. Raises WeightsError naming the folder otherwise."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise WeightsError(f"output folder {folder} is a file; give a folder")
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            raise WeightsError(f"cannot write to output folder {folder}: {path} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"

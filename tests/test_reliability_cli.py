@@ -89,6 +89,23 @@ def test_train_and_evaluate_check_outputs_and_device_first(tmp_path, capsys, no_
     assert code == 2 and "afile is a file" in err
 
 
+def test_bench_compare_and_course_check_their_outputs_first(tmp_path, capsys, monkeypatch):
+    import minildm.bench
+    import minildm.course
+    from minildm.recipes import compare
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the work started before the output was checked")
+    for module, name in ((minildm.bench, "main"), (compare, "main"), (minildm.course, "write_student_edition")):
+        monkeypatch.setattr(module, name, forbidden)
+    (tmp_path / "afile").write_text("x")
+    for argv in (["bench", "--quick", "--json", tmp_path / "afile" / "b.json"],
+                 ["compare", "denoisers", "--json", tmp_path / "afile" / "c.json"],
+                 ["course", "student-edition", tmp_path / "afile" / "out"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and "afile is a file, not a folder" in err, (argv, err)
+
+
 # -- 7. one line per error; --debug shows the traceback; Ctrl-C -------------------------------
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(capsys):
