@@ -20,7 +20,8 @@ Missing keys take the dataclass default (older folders lack newer fields);
 unknown keys are refused. Every failure raises WeightsError naming the file,
 the field and what is allowed.
 
-Used by weights_io.load_config and weights_io.from_pretrained.
+Used by weights_io.load_config and weights_io.from_pretrained (every model folder)
+and pipeline.load_pipeline_config (pipeline.json in its older layout too).
 """
 from __future__ import annotations
 
