@@ -360,3 +360,10 @@ def test_shipped_attention_finds_the_object(shipped):
     quarter = [float(store.maps(layers=[i])[0, green, :4, :4].sum()) for i in range(len(store.resolutions()))]
     assert float(store.maps()[0, green, :4, :4].sum()) > 16 / 64            # more than its share (1/4)
     assert max(quarter) > 2 * 16 / 64                                       # the best layer: > 2x its share
+
+
+def test_cli_evaluate_toolbox_dispatches(tmp_path, capsys):
+    assert cli.main(["evaluate", "toolbox", "--weights", str(tmp_path / "none")]) == 2
+    assert "pipeline folder not found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown toolbox parts"):
+        toolbox.evaluate(parts=["fast"])

@@ -11,6 +11,7 @@ tool, and lets the judge (data/judge.py) read the result:
     editing_test           change only the colour, or only the shape, of rendered images: plain
                            img2img (a strength sweep), DDIM inversion, prompt-to-prompt
     sampler_table          all-four accuracy vs steps for our DDIM and diffusers' solvers
+    first_step_test        10-step DDIM starting at t = 999 (as all samplers do) or at t = 979
 
     python -m minildm evaluate toolbox [--quick] [--json docs/toolbox.json]
     python -c "from minildm.recipes import toolbox; print(toolbox.evaluate(parts=['inpainting']))"
@@ -31,9 +32,10 @@ from ..attention_maps import AttentionStore, attention_hook, word_index
 from ..data import shapes
 from ..data.judge import grade_conditional, judge
 from ..pipeline import LatentDiffusionPipeline
+from ..samplers import classifier_free_guidance, sample
 from ..train import pick_device
 
-PARTS = ("inpainting", "negative_prompt", "attention", "editing", "samplers")
+PARTS = ("inpainting", "negative_prompt", "attention", "editing", "samplers", "first_step")
 LIT = 0.5                    # a pixel belongs to the object when its brightest channel is above this
                              # (the judge's own rule for its mask)
 
@@ -260,6 +262,32 @@ def sampler_table(pipe: LatentDiffusionPipeline, samplers=("ddim",) + ecosystem.
     return {"count": len(prompts), "guidance_scale": guidance_scale, "table": table}
 
 
+def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 979), num_steps: int = 10, n: int = 90,
+                    guidance_scale: float = 3.0, seed: int = 0) -> dict:
+    """Why few steps fail: our DDIM over num_steps evenly spaced timesteps from `first` down, for
+    each first timestep, on the sampler table's captions and one starting noise -> all-four accuracy.
+
+    At t = 999 the cosine schedule's alpha_bar is ~2e-9: the eps model's z0 there is noise,
+    clipped to +-clip_x0, and the next timestep keeps sqrt(alpha_bar) of it.
+    """
+    labels = shapes.split_labels("train")[::3][:n]
+    context, mask = pipe.encode_prompts([shapes.caption(l) for l in labels])
+    uncond, uncond_mask = pipe.encode_prompts([""] * len(labels))
+    eps_fn = classifier_free_guidance(pipe.denoiser, context, uncond, guidance_scale, mask, uncond_mask)
+    zT = torch.randn(len(labels), pipe.config.latent_channels, pipe.config.latent_size, pipe.config.latent_size,
+                     generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    result = {"count": len(labels), "num_steps": num_steps}
+    for first in firsts:
+        sampler = pipe.make_sampler("ddim", num_steps)
+        spacing = pipe.schedule.num_timesteps / num_steps
+        sampler.timesteps = torch.round(first - torch.arange(num_steps) * spacing).long()   # first, ..., descending
+        images = pipe.decode_latents(sample(eps_fn, sampler, zT, progress=False)).cpu()
+        result[f"first_t_{first}"] = {"timesteps": sampler.timesteps.tolist(),
+                                      **{k: v for k, v in grade_conditional(images, labels).items()
+                                         if k in ("all_four", "clean")}}
+    return result
+
+
 def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto") -> dict:
     """Run the toolbox measurements (all PARTS, or the ones named) on a pipeline folder
     (None = the shipped weights); quick: a dozen images each (a smoke test, not a figure)."""
@@ -274,6 +302,7 @@ def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto") -> d
         "attention": lambda: attention_test(pipe, n=n),
         "editing": lambda: editing_test(pipe, n=n),
         "samplers": lambda: sampler_table(pipe, n=12 if quick else 90, steps=(5, 10) if quick else (5, 10, 20, 50)),
+        "first_step": lambda: first_step_test(pipe, n=12 if quick else 90),
     }
     result = {"weights": str(pipe.sources["ldm"])}
     for part in parts:
