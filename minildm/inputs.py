@@ -78,6 +78,33 @@ def check_images(images, size: int = 32) -> torch.Tensor:
     return images.float().clamp(0, 1)
 
 
+def check_masks(masks, n: int, size: int = 32) -> torch.Tensor:
+    """Inpainting masks for n images -> (n, 1, size, size) float32 in {0, 1} (1 = repaint, 0 = keep).
+
+    Accepted: a bool or float tensor (N, 1, size, size), (N, size, size) or (size, size) with
+    values 0 and 1; N = n, or 1 for one mask shared by all the images.
+    """
+    allowed = (f"a bool or float tensor (N, 1, {size}, {size}) or (N, {size}, {size}) with values 0 "
+               f"(keep) and 1 (repaint), one per image")
+    if not isinstance(masks, torch.Tensor):
+        raise ValueError(f"masks must be {allowed}, got {type(masks).__name__}")
+    if masks.dtype != torch.bool and not masks.is_floating_point():
+        raise ValueError(f"masks must be {allowed}, got dtype {masks.dtype} (use masks.bool() or masks.float())")
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim == 3:
+        masks = masks[:, None]                                             # (N, 1, H, W)
+    if masks.ndim != 4 or masks.shape[1] != 1 or tuple(masks.shape[2:]) != (size, size):
+        raise ValueError(f"masks must be {allowed}, got shape {tuple(masks.shape)}")
+    if len(masks) not in (1, n):
+        raise ValueError(f"got {len(masks)} masks for {n} images; give one mask per image, or one for all")
+    masks = masks.float()
+    if not ((masks == 0) | (masks == 1)).all():
+        raise ValueError("masks must hold only 0 (keep) and 1 (repaint); for a soft mask "
+                         "threshold it first, e.g. masks > 0.5")
+    return masks.expand(n, -1, -1, -1).contiguous()
+
+
 def load_image(path, size: int = 32) -> torch.Tensor:
     """An image file -> (1, 3, size, size) float in [0, 1]; clear errors for bad files."""
     from PIL import Image, UnidentifiedImageError
@@ -96,6 +123,11 @@ def load_image(path, size: int = 32) -> torch.Tensor:
     return pixels.permute(2, 0, 1)[None]                                  # (1, 3, H, W)
 
 
+
+
+def load_mask(path, size: int = 32) -> torch.Tensor:
+    """A mask image file (white = repaint, black = keep) -> (1, 1, size, size) bool."""
+    return load_image(path, size).mean(dim=1, keepdim=True) > 0.5       # (1, 1, H, W)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")   # what save_images writes

@@ -7,6 +7,7 @@ network lives in `sample(eps_fn, sampler, xT)`, a dozen lines.
 
     DDPMSampler   ancestral sampling, all T steps, fresh noise each step (DDPM Algorithm 2)
     DDIMSampler   any number of steps; eta = 0 is deterministic, eta = 1 is DDPM again
+    DDIMInversion DDIM backwards: a clean x0 -> its x_t, for editing a real image (lesson 09)
     FlowEulerSampler, FlowHeunSampler   rectified flow: integrate dx/ds = v from s = 1 to 0 (lesson 08)
     classifier_free_guidance   wraps a conditional model into eps_fn (used in lesson 06)
     img2img_start              SDEdit: start from a noised real image instead of pure noise
@@ -182,6 +183,49 @@ class DDIMSampler(_Sampler):
         if sigma > 0 and prev_t >= 0:
             x_prev = x_prev + sigma * _randn_like(xt, generator)
         return x_prev, x0_pred
+
+
+class DDIMInversion(DDIMSampler):
+    """DDIM run backwards: a clean x0 -> the x_t that DDIM (eta = 0) turns back into it.
+
+    The eta = 0 step from t to prev_t keeps x0_pred and eps and only re-mixes them, so
+    it can be walked the other way, prev_t -> t, by swapping the two alpha_bars:
+
+        1. x0_pred = (x_prev - sqrt(1 - alpha_bar_prev) eps) / sqrt(alpha_bar_prev)
+        2. x_t     = sqrt(alpha_bar_t) x0_pred + sqrt(1 - alpha_bar_t) eps
+
+    The exact eps would be eps_theta(x_t, t), unknown before x_t is; inversion uses
+    eps_theta(x_prev, t) instead (`sample` calls eps_fn at the step's target t), which
+    is close when the steps are small. `timesteps` are DDIM's, ascending (19, 39, ..., 999
+    for 50 steps), cut at the `strength` fraction of them, so that
+
+        zt = sample(eps_fn, DDIMInversion(schedule, 50, strength), z0)
+        z0 = sample(eps_fn, DDIMSampler(schedule, 50), zt, start_index=50 - len(inversion))
+
+    returns (nearly) the z0 it started from: the starting point of editing by inversion.
+
+    Taught in notebooks/09_toolbox.ipynb.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, strength: float = 1.0,
+                 clip_x0: bool | float | None = True):
+        super().__init__(schedule, num_steps, eta=0.0, clip_x0=clip_x0)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be a number in [0, 1] (the fraction of the steps inverted), "
+                             f"got {strength!r}")
+        steps_to_run = int(round(float(strength) * num_steps))        # as img2img_start counts them
+        self.timesteps = self.timesteps.flip(0)[:steps_to_run]         # (steps_to_run,) ascending
+
+    def step(self, eps_pred: torch.Tensor, t: int, x_prev: torch.Tensor, generator=None):
+        """eps_pred, x_prev (B, ...) at the timestep before t -> (x_t (B, ...), x0_pred (B, ...))."""
+        t = self._check_step(eps_pred, t, x_prev)
+        index = int((self.timesteps == t).nonzero()[0])
+        from_t = int(self.timesteps[index - 1]) if index > 0 else -1     # -1: x_prev is x0 itself
+        alpha_bar_prev, alpha_bar = self._alpha_bar(from_t), self._alpha_bar(t)
+        x0_pred = x0_from_eps(x_prev, eps_pred, alpha_bar_prev)                         # 1.
+        if self.clip_x0 is not None:
+            x0_pred = x0_pred.clamp(-self.clip_x0, self.clip_x0)
+        return alpha_bar ** 0.5 * x0_pred + (1 - alpha_bar) ** 0.5 * eps_pred, x0_pred   # 2.
 
 
 class _FlowSampler:
