@@ -112,7 +112,7 @@ def steps_for_budget(cfg: TrainConfig, elapsed: float, steps_done: int, seconds_
     off half way. `cfg.steps` stays the upper limit. Taught in notebooks/07_scaling_up.ipynb.
     """
     left = max(0.0, 60 * cfg.minutes - elapsed)
-    steps = min(cfg.steps, steps_done + int(left / max(seconds_per_step, 1e-9)))
+    steps = min(cfg.steps, steps_done + int(left / max(seconds_per_step, 1e-9) + 1e-6))  # 4.8 / 0.1 is 47.999...
     steps = max(steps, steps_done + 1)
     return replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)))
 

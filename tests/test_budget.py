@@ -1,7 +1,6 @@
 """`minutes`: a wall-clock budget turned into a step count after a few timed steps, so the
 learning-rate schedule ends when the budget does (python -m minildm train MODEL --minutes M)."""
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,28 @@ def test_steps_for_budget_arithmetic():
     assert train.steps_for_budget(cfg, 600.0, 12, 0.5).steps == 13
 
 
-def test_a_budget_run_stops_in_time_with_the_schedule_finished(capsys):
-    slow = lambda model, x0: (time.sleep(0.02), _toy.loss_fn(model, x0))[1]   # >= 20 ms per step
+class FakeClock:
+    """A clock that advances 0.1 s per training batch, so the test does not depend on the machine's load."""
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_a_budget_run_stops_in_time_with_the_schedule_finished(monkeypatch, capsys):
+    clock = FakeClock()
+    monkeypatch.setattr(train, "time", clock)                    # only train.py's clock is replaced
+
+    def batches(batch_size, generator, device):
+        clock.now += 0.1                                          # every step costs 0.1 s
+        return _toy.sample_batch(batch_size, generator, device)
+
     cfg = train.TrainConfig(steps=100_000, batch_size=32, lr=1e-2, warmup_steps=5, log_every=1,
-                            device="cpu", minutes=1.5 / 60, progress=True)
-    t0 = time.perf_counter()
-    result = train.train(_toy.make_model(), slow, _toy.sample_batch, cfg, name="budget")
-    seconds = time.perf_counter() - t0
-    assert 1.0 < seconds < 4.0, f"a 1.5 s budget took {seconds:.1f} s"
-    assert 12 < result.steps_run < 100                       # far fewer than steps=100_000
-    assert result.history[-1]["step"] == result.steps_run
-    assert result.history[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.05)  # decayed fully
-    assert "budget:" in capsys.readouterr().out                 # it says how many steps it chose
+                            device="cpu", minutes=6 / 60, progress=True)
+    result = train.train(_toy.make_model(), _toy.loss_fn, batches, cfg, name="budget")
+    # 12 steps timed (1.2 s), then (6 - 1.2) / 0.1 = 48 more: 60 steps, 6.0 s of the fake clock
+    assert result.steps_run == 60 and clock.now == pytest.approx(6.0)
+    assert result.history[-1]["step"] == 60
+    assert result.history[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=1e-6)  # decayed fully
+    assert "0.1-minute budget: 0.100 s per step -> 60 steps" in capsys.readouterr().out
