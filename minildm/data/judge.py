@@ -15,7 +15,7 @@ course's judges are a handful of transparent measurements instead. One function,
     holes     dark pixels enclosed by the mask
     edge      the width of the object's edge in pixels (at 32x32): sum 4 b (1 - b) over the
               ink, divided by the outline's length, sum |grad b|; a render's edge is about
-              0.7 px wide, a Gaussian blur of 1 px makes it 2.3
+              0.7 px wide, a Gaussian blur of 1 px makes it 2.4
 
 An object is *clean* when it has one colour class (mean within COLOR_TOLERANCE of a palette
 colour, >= MIN_PURITY of its pixels of that colour), a solid fill (no holes), a sharp edge

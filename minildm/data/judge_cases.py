@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from . import shapes
+from . import scenes, shapes
 
 GOOD_KINDS = ("clean", "soft")
 BAD_KINDS = ("two_colour", "fragments", "two_objects", "hollow", "stray_pixels", "blur", "noise",
@@ -253,6 +253,24 @@ def picture(path, judge_fn, per_kind: int = 10, resolution: int = 32, seed: int 
     canvas.save(path)
 
 
+def measure_scenes(n: int = 1200, resolution: int = 32, seed: int = 0) -> dict:
+    """The scenes judge on n renders, and what it says of swapped, one-object and flipped ones."""
+    from .judge import judge_scenes, scene_accuracy
+    images, _, labels = scenes.sample_batch(n, "all", resolution, seed)
+    result = {"renders": scene_accuracy(judge_scenes(images, labels)["labels"], labels)}
+    result["renders"]["clean"] = float(judge_scenes(images)["clean"].float().mean())
+    two_shapes = labels[labels[:, 0] != labels[:, 3]]          # with one shape a swap is a mirror image
+    swapped = judge_scenes(scenes.render(scenes.swap_colors(two_shapes), resolution, seed), two_shapes)
+    geometry = scenes.sample_geometry(labels, np.random.default_rng(seed))
+    alone = _paint(_coverage(labels, geometry[:, 0], resolution), PALETTE[labels[:, 1].numpy()])
+    flipped = labels.clone()
+    flipped[:, 2] = torch.tensor(scenes.CONVERSE)[labels[:, 2]]
+    result["swapped colours"] = Counter(swapped["error"])
+    result["one object"] = Counter(judge_scenes(alone, labels)["error"])
+    result["flipped relation"] = Counter(judge_scenes(scenes.render(flipped, resolution, seed), labels)["error"])
+    return result
+
+
 def judge_at_commit(commit: str):
     """The judge() of minildm/data/judge.py as it was at a git commit (for before/after tables)."""
     root = Path(__file__).resolve().parents[2]
@@ -276,8 +294,17 @@ def main(argv=None) -> int:
     parser.add_argument("--vae", action="store_true", help="also judge the shipped VAE's reconstructions (4n)")
     parser.add_argument("--compare-with", metavar="COMMIT", help="also measure the judge of this git commit")
     parser.add_argument("--picture", metavar="PNG", help="save a grid of each kind with the judge's verdicts")
+    parser.add_argument("--scenes", type=int, metavar="N", help="only measure the scenes judge on N renders per resolution")
     args = parser.parse_args(argv)
     from .judge import attribute_accuracy, judge
+    if args.scenes:
+        for resolution in (32, 64):
+            result = measure_scenes(args.scenes, resolution, args.seed)
+            fields = ", ".join(f"{k} {_percent(v)}" for k, v in result.pop("renders").items())
+            print(f"{resolution}x{resolution}, {args.scenes} renders: {fields}")
+            for case, errors in result.items():
+                print(f"  {case} ({sum(errors.values())}): " + ", ".join(f"{k} {v}" for k, v in errors.most_common()))
+        return 0
     judges = {"now": judge}
     if args.compare_with:
         judges = {f"at {args.compare_with}": judge_at_commit(args.compare_with), **judges}
