@@ -55,6 +55,7 @@ INIT_LOGIT_SCALE = math.log(1 / 0.07)    # the paper's initial temperature, t = 
 class CLIPConfig:
     """Architecture of MiniCLIP (the preset's `model`)."""
     image_encoder: str = "resnet"        # "resnet" or "vit"
+    text_encoder: str = "transformer"    # "transformer", or "bag": the mean of word embeddings (no order; lesson 10)
     image_size: int = 32                 # input side in pixels (32, or 64 for the gpu preset)
     embed_dim: int = 64                  # the joint image-text embedding space
     text_width: int = 64                 # text Transformer width (= the diffusion UNet's context dim)
@@ -80,6 +81,8 @@ class CLIPConfig:
     def __post_init__(self):
         if self.image_encoder not in ("resnet", "vit"):
             raise ValueError(f"image_encoder must be 'resnet' or 'vit', got {self.image_encoder!r}")
+        if self.text_encoder not in ("transformer", "bag"):
+            raise ValueError(f"text_encoder must be 'transformer' or 'bag', got {self.text_encoder!r}")
         if self.image_size % self.vit_patch_size or self.image_size % 2 ** (len(self.resnet_widths) - 1):
             raise ValueError(f"image_size {self.image_size} must be divisible by the patch size "
                              f"and by the ResNet's total stride")
@@ -146,6 +149,32 @@ class TextTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_final(x)
+
+
+class BagOfWordsText(nn.Module):
+    """The order-blind baseline: a caption is the mean of its words' embeddings.
+
+    No positions, no attention: "a red circle to the left of a blue square" and "a blue
+    circle to the left of a red square" hold the same words, so they get the same
+    embedding, exactly (the mean is computed from word counts). Such an encoder cannot
+    bind a colour to its object. Taught in notebooks/10_composition.ipynb.
+    """
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.ln_final = nn.LayerNorm(cfg.text_width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) long -> per-token states (B, L, text_width): each word on its own."""
+        return self.ln_final(self.token_embedding(tokens))
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> (B, text_width): the mean embedding of the non-padding tokens."""
+        counts = F.one_hot(tokens, self.token_embedding.num_embeddings).sum(1).float()  # (B, V) word counts
+        counts[:, text.PAD_ID] = 0
+        mean = counts @ self.token_embedding.weight / counts.sum(1, keepdim=True)      # (B, C)
+        return self.ln_final(mean)
 
 
 # ----------------------------------------------------------------------------
@@ -259,7 +288,7 @@ class MiniCLIP(nn.Module):
     def __init__(self, config: CLIPConfig | None = None):
         super().__init__()
         self.config = cfg = config or CLIPConfig()
-        self.text = TextTransformer(cfg)
+        self.text = TextTransformer(cfg) if cfg.text_encoder == "transformer" else BagOfWordsText(cfg)
         self.visual = ResNetEncoder(cfg) if cfg.image_encoder == "resnet" else VisionTransformer(cfg)
         # Linear projections into the joint space (no bias, as in CLIP).
         self.image_projection = nn.Linear(self.visual.width, cfg.embed_dim, bias=False)
@@ -290,6 +319,9 @@ class MiniCLIP(nn.Module):
 
         The causal mask means only the <eos> token has read the whole prompt.
         """
+        if self.config.text_encoder == "bag":                             # the mean of the words
+            self._check_tokens(tokens)
+            return F.normalize(self.text_projection(self.text.pool(tokens)), dim=-1)
         hidden = self.text_hidden_states(tokens)                          # (B, L, C)
         pooled = hidden[torch.arange(len(tokens)), text.eos_positions(tokens)]  # (B, C)
         return F.normalize(self.text_projection(pooled), dim=-1)

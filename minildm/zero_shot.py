@@ -172,3 +172,58 @@ def retrieval_recall(model: MiniCLIP, images: torch.Tensor, captions: list[str],
         out[f"image_to_text@{k}"] = same.gather(1, top_i2t).any(1).float().mean().item()
         out[f"text_to_image@{k}"] = same.gather(1, top_t2i).any(1).float().mean().item()
     return out
+
+
+# ----------------------------------------------------------------------------
+# Two-object scenes: zero-shot over the 1,080 captions, and the swap test (lesson 10)
+
+SWAPS = ("attribute", "relation")  # the two wrong captions of the swap test, in column order
+
+
+def swap_captions(labels: torch.Tensor) -> list[list[str]]:
+    """Scene labels (N, 5) -> N x [true, attribute-swapped, relation-swapped] captions.
+
+    attribute-swapped: the colours trade objects ("a blue circle to the left of a red square");
+    relation-swapped: the objects trade places in the sentence ("a blue square to the left of
+    a red circle"). Both hold exactly the words of the true caption (Winoground, ARO).
+    """
+    from .data import scenes
+    objects_swapped = labels[..., [3, 4, 2, 0, 1]]                        # B rel A instead of A rel B
+    return [[scenes.caption(l), scenes.caption(scenes.swap_colors(l)), scenes.caption(o)]
+            for l, o in zip(labels, objects_swapped)]
+
+
+def swap_test_score(similarity: torch.Tensor) -> dict:
+    """similarity (N, 3): an image's score for [true, attribute-swapped, relation-swapped].
+
+    The true caption must win *strictly*: a tie (an encoder that cannot tell the captions
+    apart) is a failure. Returns the accuracy against each swap and against both at once.
+    Taught in notebooks/10_composition.ipynb (an exercise).
+    """
+    wins = similarity[:, :1] > similarity[:, 1:]                          # (N, 2) beats each swap
+    return {"attribute": wins[:, 0].float().mean().item(), "relation": wins[:, 1].float().mean().item(),
+            "both": wins.all(1).float().mean().item()}
+
+
+@torch.no_grad()
+def swap_test(model: MiniCLIP, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The swap test: does each scene image (N, 3, H, W) prefer its caption to its two swaps?"""
+    device = next(model.parameters()).device
+    captions = [c for triple in swap_captions(labels) for c in triple]
+    text_emb = model.encode_text(text.tokenize(captions).to(device)).cpu().view(len(images), 3, -1)  # (N, 3, D)
+    similarity = torch.einsum("nd,nkd->nk", embed_images(model, images), text_emb)                 # (N, 3)
+    return swap_test_score(similarity)
+
+
+@torch.no_grad()
+def scenes_zero_shot(model: MiniCLIP, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 over the 1,080 scene captions: right when the nearest caption describes the scene
+    ("A left of B" or its converse "B right of A", the same layout)."""
+    from .data import scenes
+    device = next(model.parameters()).device
+    captions = scenes.all_captions()
+    text_emb = torch.cat([model.encode_text(text.tokenize(captions[i:i + 540]).to(device)).cpu()
+                          for i in range(0, len(captions), 540)])        # (1080, D)
+    pred = (embed_images(model, images) @ text_emb.T).argmax(1)           # (N,)
+    ok = (pred == scenes.caption_index(labels)) | (pred == scenes.caption_index(scenes.converse(labels)))
+    return ok.float().mean().item()

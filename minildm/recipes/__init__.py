@@ -36,6 +36,8 @@ MODELS = {
     "ldm": "minildm.recipes.ldm",
     "flow": "minildm.recipes.flow",       # lesson 08: the same latents, rectified flow (a DiT or a UNet)
     "pixel_unet": "minildm.recipes.pixel_unet",
+    "scenes_clip": "minildm.recipes.scenes_clip",  # lesson 10: CLIP on two-object scenes (before scenes)
+    "scenes": "minildm.recipes.scenes",            # lesson 10: the latent diffusion model of scenes
 }
 TRAINING_FILE = "training.json"  # next to a model's weights: how it was trained
 

@@ -92,14 +92,15 @@ def _frozen_part(part: str, out_dir, device):
 
 
 @torch.no_grad()
-def encode_pool(vae, n: int, seed: int, image_size: int = 32, batch_size: int = 256):
+def encode_pool(vae, n: int, seed: int, image_size: int = 32, batch_size: int = 256, dataset=shapes):
     """Render n training images once and encode them: (z0 (n, 4, 8, 8) on the CPU, labels (n, 4)).
 
     The frozen VAE gives the same latent for the same image every time, so encoding
     a pool once instead of every batch saves about half the training time on a CPU.
+    dataset: the module whose sample_batch renders them (data.shapes, or data.scenes: labels (n, 5)).
     """
     device = next(vae.parameters()).device
-    images, _, labels = shapes.sample_batch(n, "train", image_size, seed=seed)
+    images, _, labels = dataset.sample_batch(n, "train", image_size, seed=seed)
     z0 = torch.cat([vae.encode(images[i:i + batch_size].to(device)).cpu()
                     for i in range(0, n, batch_size)])
     return z0, labels
@@ -147,13 +148,16 @@ class TextStateCache:
 
 
 def latent_batch_fn(vae, clip, prompt_dropout: float = PROMPT_DROPOUT, image_size: int = 32,
-                    pool_size: int = 0, pool_seed: int = 0, partial_prompts: float = 0.0):
+                    pool_size: int = 0, pool_seed: int = 0, partial_prompts: float = 0.0,
+                    dataset=shapes, caption_fn=None):
     """sample_batch for train.train -> (z0 (B, 4, 8, 8), context (B, L, D), context_mask (B, L)).
 
     z0 are the VAE's scaled latents: of fresh Shapes images, or (pool_size > 0)
     drawn from a pool of pool_size images encoded once, on the first call.
     context holds the frozen CLIP's per-token states of the captions of
     `caption_for_training` (paraphrased, some partial, a prompt_dropout fraction "").
+    dataset and caption_fn(labels, rng) -> str replace data.shapes and caption_for_training
+    (recipes/scenes.py: two-object scenes).
     """
     pool = []  # filled on the first call: (z0 (P, 4, 8, 8), labels (P, 4))
     text_states = TextStateCache(clip)
@@ -162,15 +166,16 @@ def latent_batch_fn(vae, clip, prompt_dropout: float = PROMPT_DROPOUT, image_siz
         seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
         rng = np.random.default_rng(seed)
         if pool_size and not pool:
-            pool.extend(encode_pool(vae, pool_size, pool_seed, image_size))
+            pool.extend(encode_pool(vae, pool_size, pool_seed, image_size, dataset=dataset))
         if not pool_size:
-            images, _, labels = shapes.sample_batch(batch_size, "train", image_size, seed=rng)
+            images, _, labels = dataset.sample_batch(batch_size, "train", image_size, seed=rng)
             with torch.no_grad():
                 z0 = vae.encode(images.to(device))                          # (B, 4, 8, 8)
         else:
             index = torch.from_numpy(rng.integers(len(pool[0]), size=batch_size))
             z0, labels = pool[0][index].to(device), pool[1][index]
-        captions = [caption_for_training(l, rng, prompt_dropout, partial_prompts) for l in labels]
+        captions = [caption_for_training(l, rng, prompt_dropout, partial_prompts) if caption_fn is None
+                    else caption_fn(l, rng) for l in labels]
         context, mask = text_states(captions, device)                       # (B, L, D), (B, L)
         return z0, context, mask
     return sample_batch

@@ -1,0 +1,197 @@
+"""Recipe: the latent diffusion model of two-object scenes, and its binding accuracy (lesson 10).
+
+The same pipeline as lesson 06 (pipeline.LatentDiffusionPipeline) and the same training
+machinery (recipes/ldm.py's latent pool and text-state cache), with three parts:
+
+    VAE    the shipped Shapes VAE, frozen: scenes are made of Shapes' own small objects, so it
+           reconstructs them well (measured: vae_reconstruction below, in evaluate())
+    CLIP   the scenes CLIP (recipes/scenes_clip.py), frozen; its Transformer's per-token states
+           are the context the UNet cross-attends to
+    UNet   lesson 06's cpu architecture, trained here on the latents of scenes with paraphrased
+           captions ("a blue square to the right of a red circle"), 10% of them "" (guidance)
+
+The shipped pipeline folder is minildm/weights/scenes/ (ldm/ and clip/; the VAE is the shipped
+one), so `LatentDiffusionPipeline.from_pretrained("scenes")` loads it.
+
+    python -m minildm train scenes_clip --preset cpu --out minildm/weights   # first: the CLIP
+    python -m minildm train scenes --preset cpu --out minildm/weights
+    python -m minildm evaluate scenes
+
+Binding accuracy = both objects' shape and colour and the relation right, read by the scene
+judge (data/judge.py, grade_scenes), on seen captions and on held-out ones.
+
+Taught in notebooks/10_composition.ipynb.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import scenes
+from ..data.judge import grade_scenes
+from ..objectives import DiffusionConfig, diffusion_loss
+from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint
+from ..schedule import NoiseSchedule
+from ..train import TrainConfig, pick_device, train
+from ..unet import UNet
+from ..weights_io import PACKAGE_WEIGHTS
+from . import Job, get_preset, read_training_json, train_config, write_training_json
+from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, LDMPreset, _frozen_part, _unet_config, encode_pool,
+                  latent_batch_fn)
+from .scenes_clip import FOLDER as CLIP_FOLDER
+
+NAME = "scenes"                 # the pipeline folder: out_dir/scenes/{ldm, clip}
+
+PRESETS = {
+    # seconds: tests and fast notebooks (learns nothing useful)
+    "tiny": LDMPreset(
+        model=_unet_config(16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(True, True),
+                           num_heads=2),
+        train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5,
+                          ema_decay=0.0, progress=False)),
+    # ~25 minutes on 2 busy CPU cores: the shipped weights (lesson 06's cpu UNet, 1.6M parameters,
+    # stored as float16)
+    "cpu": LDMPreset(
+        model=_unet_config(32, channel_mults=(1, 2, 2), num_res_blocks=1,
+                           attention_levels=(True, True, True), num_heads=4),
+        train=TrainConfig(steps=1000, batch_size=128, lr=1.5e-3, warmup_steps=100, ema_decay=0.995,
+                          log_every=25, checkpoint_every=250),
+        latent_pool=16384),
+    # a GPU: wider, longer, bf16, fresh scenes every batch. At 64 x 64 with a 64 x 64 VAE and CLIP
+    # in the same out_dir (train vae / scenes_clip --preset gpu --out DIR first): 16 x 16 latents.
+    "gpu": LDMPreset(
+        model=_unet_config(128, channel_mults=(1, 2, 2), num_res_blocks=2,
+                           attention_levels=(True, True, True), num_heads=8),
+        train=TrainConfig(steps=20000, batch_size=256, lr=5e-4, warmup_steps=500, ema_decay=0.9995,
+                          precision="bf16", log_every=100, checkpoint_every=2000)),
+}
+
+
+def caption_for_training(labels, rng: np.random.Generator, prompt_dropout: float = PROMPT_DROPOUT) -> str:
+    """"" with probability prompt_dropout (guidance), else a paraphrase: either object first
+    ("A left of B" or "B right of A"), and a relation wording ("left of", "on top of", ...)."""
+    if rng.random() < prompt_dropout:
+        return ""
+    return scenes.paraphrase(labels, rng)
+
+
+def _scenes_clip(out_dir, device):
+    """The frozen scenes CLIP: out_dir/scenes/clip when trained there, else the shipped one."""
+    from ..clip import MiniCLIP
+    folder = Path(out_dir) / CLIP_FOLDER if out_dir is not None else PACKAGE_WEIGHTS / CLIP_FOLDER
+    if not (folder / "model.safetensors").exists():
+        folder = PACKAGE_WEIGHTS / CLIP_FOLDER
+    if not (folder / "model.safetensors").exists():
+        raise FileNotFoundError(f"no scenes CLIP in {folder}: train it first with "
+                                f"`python -m minildm train scenes_clip --preset cpu --out {out_dir or 'minildm/weights'}`")
+    print(f"frozen clip: {folder}")
+    return MiniCLIP.from_pretrained(folder, device=device).eval().requires_grad_(False), folder
+
+
+def job(preset="cpu", run_dir="runs", frozen_dir=None, **overrides) -> Job:
+    """The scenes UNet's training run on the VAE (frozen_dir/vae, else the shipped one) and the
+    scenes CLIP (frozen_dir/scenes/clip, else the shipped one). Attaches vae, clip, their folders
+    and the schedule for fit()."""
+    p = get_preset(PRESETS, preset)
+    cfg = train_config(p.train, run_dir, NAME, overrides)
+    device = pick_device(cfg.device)
+    vae, vae_dir = _frozen_part("vae", frozen_dir, device)
+    clip, clip_dir = _scenes_clip(frozen_dir, device)
+    schedule = NoiseSchedule(p.schedule).to(device)
+
+    def loss_fn(model, batch):
+        z0, context, mask = batch
+        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask)
+
+    sample_batch = latent_batch_fn(vae, clip, p.prompt_dropout, vae.config.image_size, p.latent_pool,
+                                   pool_seed=cfg.seed + 1, dataset=scenes,
+                                   caption_fn=lambda labels, rng: caption_for_training(labels, rng, p.prompt_dropout))
+    torch.manual_seed(cfg.seed)
+    unet = UNet(dataclasses.replace(p.model, context_dim=clip.config.text_width))
+    run = Job(unet, loss_fn, sample_batch, cfg, NAME)
+    run.vae, run.clip, run.vae_dir, run.clip_dir, run.schedule = vae, clip, vae_dir, clip_dir, schedule
+    return run
+
+
+def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> LatentDiffusionPipeline:
+    """Train the scenes UNet and write the pipeline folder out_dir/scenes/ (ldm/, and clip/ when the
+    CLIP came from elsewhere). Returns the pipeline."""
+    p = get_preset(PRESETS, preset)
+    run = job(p, run_dir, frozen_dir=out_dir, **overrides)
+    vae = run.vae
+    result = train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=NAME)
+    probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size, dataset=scenes)[0]
+    diffusion = DiffusionConfig(schedule=p.schedule, num_timesteps=run.schedule.num_timesteps, prediction="eps",
+                                clip_x0=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2))
+    config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
+                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
+                            clip_fingerprint=fingerprint(run.clip_dir))
+    pipe = LatentDiffusionPipeline(vae, run.clip, result.model.eval(), config,
+                                   sources={"vae": run.vae_dir, "clip": run.clip_dir}, diffusion=diffusion)
+    folder = Path(out_dir) / NAME
+    pipe.save_pretrained(folder)
+    write_training_json(folder / "ldm", preset, run.cfg, result, latent_pool=p.latent_pool)
+    print(f"wrote {folder} ({result.steps_run} steps in {result.seconds / 60:.1f} min)")
+    return pipe
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: the scene judge grades every caption
+
+@torch.no_grad()
+def vae_reconstruction(vae, n: int = 512, seed: int = 7) -> dict:
+    """Does the (Shapes) VAE keep scenes? PSNR of decode(encode(x)) and the scene judge on it."""
+    device = next(vae.parameters()).device
+    images, _, labels = scenes.sample_batch(n, "all", vae.config.image_size, seed=seed)
+    recon = vae.decode(vae.encode(images.to(device))).clamp(0, 1).cpu()
+    mse = ((recon - images) ** 2).flatten(1).mean(1)                            # (n,)
+    graded = grade_scenes(recon, labels)
+    return {"psnr_db": round(float((10 * torch.log10(1 / mse)).mean()), 2),
+            "binding": graded["binding"], "clean": graded["clean"], "count": n}
+
+
+def generate(pipe: LatentDiffusionPipeline, labels: torch.Tensor, num_steps: int = 50,
+             guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 120) -> torch.Tensor:
+    """Images (N, 3, H, W) for the canonical captions of scene labels (N, 5); image i has seed + i."""
+    captions = [scenes.caption(l) for l in labels]
+    return torch.cat([pipe(captions[i:i + batch_size], num_steps=num_steps, guidance_scale=guidance_scale,
+                           seed=seed + i).cpu() for i in range(0, len(captions), batch_size)])
+
+
+def evaluate(weights=None, quick: bool = False, num_steps: int = 50, guidance_scale: float = 3.0,
+             device="auto") -> dict:
+    """Generate every caption once (744 seen, 336 held-out; quick: 60 + 30, 20 steps) and grade
+    them with the scene judge: per-field and binding accuracy, and the share of each error kind.
+
+    `python -m minildm evaluate scenes` (the shipped minildm/weights/scenes) or `--weights DIR`.
+    """
+    device = pick_device(device)
+    pipe = LatentDiffusionPipeline.from_pretrained(NAME if weights is None else weights, device=device)
+    seen, held = scenes.split_labels("test"), scenes.split_labels("heldout")     # (744, 5), (336, 5)
+    if quick:
+        g = torch.Generator().manual_seed(0)
+        seen, held = seen[torch.randperm(len(seen), generator=g)[:60]], held[torch.randperm(len(held), generator=g)[:30]]
+        num_steps = 20
+    t0 = time.perf_counter()
+    seen_images = generate(pipe, seen, num_steps, guidance_scale, seed=0)
+    held_images = generate(pipe, held, num_steps, guidance_scale, seed=10_000)
+    seconds = time.perf_counter() - t0
+    out = {"weights": str(pipe.sources["ldm"].parent), "sampler": f"ddim {num_steps} steps",
+           "guidance_scale": guidance_scale, "device": str(device),
+           "seen": grade_scenes(seen_images, seen), "held_out": grade_scenes(held_images, held),
+           "seconds_per_image": round(seconds / (len(seen) + len(held)), 4),
+           "vae_reconstruction": vae_reconstruction(pipe.vae, n=128 if quick else 512)}
+    info = read_training_json(pipe.sources["ldm"])
+    if info is not None:
+        out["training"] = info
+    return out
+
+
+def headline(result: dict) -> str:
+    """One line of an evaluate() result: what a student wants to know first."""
+    return (f"binding accuracy (both objects and the relation right): {result['seen']['binding']:.1%} seen, "
+            f"{result['held_out']['binding']:.1%} held-out captions")
