@@ -105,7 +105,9 @@ def read_object(image: np.ndarray, mask: np.ndarray, region: np.ndarray) -> dict
     color = int(color_dist.argmin())
     hue = pixels / pixels.max(axis=0, keepdims=True)                   # (3, P): undo the edge's coverage
     purity = float((np.linalg.norm(hue - PALETTE[color][:, None], axis=0) < COLOR_TOLERANCE).mean())
-    holes = int((ndimage.binary_fill_holes(mask) & ~mask).sum())
+    dark, _ = ndimage.label(~mask)                                     # dark pieces (4-connected)
+    outside = np.unique(np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]]))
+    holes = int(((dark > 0) & ~np.isin(dark, outside)).sum())         # dark pieces the mask encloses
     ink = brightness * region                                          # (H, W)
     # Edge width: 4 b (1 - b) integrates to the width of a soft edge; |grad b| to its length.
     gx = np.diff(brightness, axis=1, append=brightness[:, -1:])        # (H, W) forward differences
@@ -179,7 +181,7 @@ def judge(images: torch.Tensor) -> dict:
     """
     images = _check_images(images)
     n = len(images)
-    labels = torch.zeros(n, len(ATTRIBUTES), dtype=torch.long)
+    labels = np.zeros((n, len(ATTRIBUTES)), dtype=np.int64)
     clean = torch.zeros(n, dtype=torch.bool)
     fill, width, why = torch.zeros(n), torch.zeros(n), []
     for i, image in enumerate(images):
@@ -192,13 +194,13 @@ def judge(images: torch.Tensor) -> dict:
         # around them: a faint background far away is the background rule's business.
         near = _near(mask)
         m = read_object(image, mask, near)
-        labels[i] = torch.tensor([m["shape"], m["color"], m["size"], m["position"]])
+        labels[i] = m["shape"], m["color"], m["size"], m["position"]
         fill[i], width[i] = m["fill"], m["width"]
         pieces = ndimage.label(mask, EIGHT)[1]
         faults = (["several pieces"] if pieces > 1 else []) + m["why"] + _background_faults(brightness, near)
         why.append(faults)
         clean[i] = not faults
-    return {"labels": labels, "clean": clean, "why": why, "fill": fill, "width": width}
+    return {"labels": torch.from_numpy(labels), "clean": clean, "why": why, "fill": fill, "width": width}
 
 
 def attribute_accuracy(predicted: torch.Tensor, target: torch.Tensor) -> dict:
