@@ -15,7 +15,7 @@ PALETTE = torch.tensor(list(shapes.COLORS.values()))
 
 @pytest.fixture(scope="module", params=[32, 64])
 def batch(request):
-    n = 300 if request.param == 32 else 100
+    n = 300 if request.param == 32 else 60
     images, captions, labels = scenes.sample_batch(n, "all", request.param, seed=11)
     return request.param, images, captions, labels
 
@@ -150,6 +150,11 @@ def test_paraphrases_describe_the_same_layout():
 def test_bad_input_is_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_judge_refuses_labels_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="scene labels must be"):
+        judge_scenes(torch.zeros(2, 3, 32, 32), torch.zeros(2, 4, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------

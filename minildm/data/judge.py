@@ -322,7 +322,10 @@ def judge_scenes(images: torch.Tensor, labels: torch.Tensor | None = None) -> di
     images = _check_images(images)
     n = len(images)
     if labels is not None:
-        labels = torch.as_tensor(labels).long().reshape(n, len(scenes.FIELDS))
+        labels = torch.as_tensor(labels).long()
+        if labels.shape != (n, len(scenes.FIELDS)):
+            raise ValueError(f"scene labels must be ({n}, {len(scenes.FIELDS)}) for {n} images "
+                             f"({', '.join(scenes.FIELDS)}), got shape {tuple(labels.shape)}")
     read = torch.full((n, len(scenes.FIELDS)), UNREAD, dtype=torch.long)
     count, clean, errors = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool), []
     for i, image in enumerate(images):
