@@ -191,6 +191,28 @@ def evaluate(weights=None, quick: bool = False, num_steps: int = 50, guidance_sc
     return out
 
 
+def binding_over_training(pipe: LatentDiffusionPipeline, run_dir, n: int = 120, num_steps: int = 50,
+                          guidance_scale: float = 3.0) -> list[dict]:
+    """Binding accuracy of each checkpoint in run_dir (checkpoint-*/ema.safetensors, the EMA weights
+    train.train saves) on the same n seen captions: how the binding mistakes fall with training.
+    The pipeline's UNet is restored afterwards."""
+    from ..weights_io import load_safetensors
+    labels = scenes.split_labels("test")[torch.randperm(744, generator=torch.Generator().manual_seed(1))[:n]]
+    saved = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    rows = []
+    try:
+        for folder in sorted(Path(run_dir).glob("checkpoint-*")):
+            if not (folder / "ema.safetensors").exists():
+                continue
+            load_safetensors(pipe.unet, folder / "ema.safetensors")
+            graded = grade_scenes(generate(pipe, labels, num_steps, guidance_scale, seed=0), labels)
+            rows.append({"step": int(folder.name.split("-")[1]), "binding": graded["binding"],
+                         "errors": graded["errors"]})
+    finally:
+        pipe.unet.load_state_dict(saved)
+    return rows
+
+
 def headline(result: dict) -> str:
     """One line of an evaluate() result: what a student wants to know first."""
     return (f"binding accuracy (both objects and the relation right): {result['seen']['binding']:.1%} seen, "
