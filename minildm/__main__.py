@@ -1,4 +1,4 @@
-"""Command line: python -m minildm {demo,train,evaluate,generate,img2img,bench,course,data}.
+"""Command line: python -m minildm {demo,train,evaluate,generate,img2img,inpaint,bench,course,data}.
 
     python -m minildm demo                          a picture of the course's results
     python -m minildm train all --preset cpu        VAE, CLIP, latent UNet (+ pixel UNet)
@@ -6,6 +6,8 @@
     python -m minildm evaluate [ldm|clip|vae|pixel_unet]
     python -m minildm generate "a large red circle in the top left" -n 8 --out grid.png
     python -m minildm img2img in.png "a small blue square at the bottom" --strength 0.6 --out out.png
+    python -m minildm inpaint in.png mask.png "a small red circle at the bottom" --out out.png
+    python -m minildm evaluate toolbox              inpainting, attention, editing, samplers (lesson 09)
     python -m minildm bench
     python -m minildm compare denoisers [--quick]   UNet vs DiT x eps vs rectified flow (lesson 08)
     python -m minildm course student-edition OUT_DIR
@@ -110,7 +112,10 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     _check_json_out(args)                              # before the evaluation, not after
-    module = _module(args.model)
+    if args.model == "toolbox":                      # lesson 09's tools, measured on a trained pipeline
+        from .recipes import toolbox as module
+    else:
+        module = _module(args.model)
     kwargs = {"weights": args.weights} if args.weights else {}
     if args.quick:
         kwargs["quick"] = True
@@ -147,6 +152,21 @@ def cmd_img2img(args) -> Path:
                           guidance_scale=args.guidance, seed=args.seed, progress=True)
     path = save_images(edited, args.out)
     print(f"seed {args.seed}: wrote {path} ({args.image} -> {args.prompt!r}, strength {args.strength})")
+    return path
+
+
+def cmd_inpaint(args) -> Path:
+    """`python -m minildm inpaint in.png mask.png PROMPT --out out.png` (white in the mask = repaint)."""
+    from .inputs import check_output_file, check_prompts, load_image, load_mask, save_images
+    from .pipeline import LatentDiffusionPipeline
+    check_prompts(args.prompt)
+    check_output_file(args.out)
+    pipe = LatentDiffusionPipeline.from_pretrained(args.weights, device=args.device)
+    image, mask = load_image(args.image, pipe.config.image_size), load_mask(args.mask, pipe.config.image_size)
+    painted = pipe.inpaint(image, mask, args.prompt, num_steps=args.steps, guidance_scale=args.guidance,
+                           seed=args.seed, sampler=args.sampler, progress=True)
+    path = save_images(painted, args.out)
+    print(f"seed {args.seed}: wrote {path} ({args.image}, repainted where {args.mask} is white -> {args.prompt!r})")
     return path
 
 
@@ -214,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="measure a trained model; prints JSON")
-    p.add_argument("model", nargs="?", default="ldm", choices=list(MODELS))
+    p.add_argument("model", nargs="?", default="ldm", choices=list(MODELS) + ["toolbox"])
     p.add_argument("--weights", help="weights folder (default: the shipped weights)")
     p.add_argument("--quick", action="store_true", help="fewer images (a smoke test)")
     p.add_argument("--json", help="also write the JSON to this file")
@@ -245,10 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="img2img.png")
     p.set_defaults(func=cmd_img2img)
 
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask to match a prompt")
+    p.add_argument("image")
+    p.add_argument("mask", help="an image of the same size: white = repaint, black = keep")
+    p.add_argument("prompt")
+    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--sampler", help="ddim (default), ddpm, or a diffusers sampler (dpm++2m, unipc, ...)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--weights", help="pipeline folder (default: the shipped weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--out", default="inpainted.png")
+    p.set_defaults(func=cmd_inpaint)
+
     p = sub.add_parser("bench", help="training and sampling speed; prints JSON")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the JSON to this file")
+    p.add_argument("--gpu-check", action="store_true",
+                   help="the prepared first run on a GPU: gpu presets in bf16 and compiled, judged sampling")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare", help="side-by-side experiments; prints a table, writes JSON")

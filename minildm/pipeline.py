@@ -22,8 +22,8 @@ Weights on disk. A pipeline folder holds
     ldm/config.json        the UNet's UNetConfig
     ldm/model.safetensors  the UNet's weights (the only part this lesson trains)
     ldm/diffusion.json     DiffusionConfig: schedule, prediction type, latent clipping range
-    ldm/pipeline.json      PipelineConfig: latent shape and fingerprints of the VAE and
-                           CLIP the UNet was trained with
+    ldm/pipeline.json      PipelineConfig: latent shape, the denoiser's class (unet | dit) and
+                           fingerprints of the VAE and CLIP the UNet was trained with
     ldm/training.json      how it was trained and its loss curve (minildm/recipes/ldm.py)
     vae/, clip/            optional: when absent, the shipped minildm/weights/vae
                            and minildm/weights/clip are used
@@ -45,9 +45,14 @@ from typing import ClassVar
 
 import torch
 
-from .inputs import check_float, check_images, check_int, check_prompts
+from . import ecosystem
+from .attention_maps import AttentionStore, attention_hook
+from .editing import KnownRegion, latent_mask
+from .inputs import check_float, check_images, check_int, check_masks, check_prompts
 from .objectives import DiffusionConfig, as_eps_model
-from .samplers import DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start, sample
+from .dit import DiT
+from .samplers import (DDIMSampler, DDPMSampler, FlowEulerSampler, FlowHeunSampler, classifier_free_guidance,
+                       img2img_start, sample)
 from .text import PAD_ID, tokenize
 from .unet import UNet
 from .validate import build_config
@@ -58,7 +63,10 @@ NAME = "ldm"                    # subfolder of the UNet in a pipeline folder
 MAX_STEPS = 1000                # num_steps allowed: 1..MAX_STEPS
 MAX_GUIDANCE = 50.0             # guidance_scale allowed: 0..MAX_GUIDANCE
 DEFAULT_STEPS = 50              # num_steps=None: 50 steps (DDPM always runs all T)
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm")    # for noise-predicting (eps / v) denoisers; the first is their default
+SAMPLERS += ecosystem.SAMPLERS  # diffusers' solvers (lesson 09; `pip install minildm[diffusers]`)
+FLOW_SAMPLERS = ("euler", "heun")  # for rectified-flow denoisers (lesson 08); the first is their default
+DENOISERS = {"unet": UNet, "dit": DiT}  # PipelineConfig.denoiser -> the class ldm/config.json describes
 
 
 @dataclass
@@ -69,10 +77,15 @@ class PipelineConfig:
     image_size: int = 32            # pixel side the VAE works at
     vae_fingerprint: str = ""       # sha256 prefix of the VAE weights used in training ("" = unknown)
     clip_fingerprint: str = ""      # same for the CLIP weights
+    denoiser: str = "unet"          # the denoiser's class: unet | dit (a diffusion transformer, lesson 08)
 
     # Allowed values (validate.py checks them before anything is built; check_parts checks
     # them against the networks: the VAE's image and latent shape, the denoiser's channels).
     LIMITS: ClassVar[dict] = {"latent_channels": (1, 64), "latent_size": (1, 256), "image_size": (8, 256)}
+
+    def __post_init__(self):
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {', '.join(DENOISERS)}, got {self.denoiser!r}")
 
 
 LEGACY_DIFFUSION_KEYS = ("schedule", "num_timesteps", "latent_clip")  # pipeline.json before diffusion.json
@@ -138,8 +151,9 @@ class LatentDiffusionPipeline:
         pipe = LatentDiffusionPipeline.from_pretrained()          # the shipped weights
         x = pipe(["a large red circle in the top left"], num_steps=50, guidance_scale=3.0, seed=0)
         x = pipe.img2img(x, "a large blue circle in the top left", strength=0.6, seed=0)
+        flow = LatentDiffusionPipeline.from_pretrained("flow")    # rectified flow: sampler="euler"
 
-    Taught in notebooks/06_latent_diffusion.ipynb.
+    Taught in notebooks/06_latent_diffusion.ipynb (and 08_sd3.ipynb: a flow model, a DiT).
     """
 
     def __init__(self, vae, clip, unet: UNet, config: PipelineConfig | None = None, sources=None,
@@ -149,8 +163,8 @@ class LatentDiffusionPipeline:
         self.diffusion = diffusion or DiffusionConfig()  # schedule, prediction, latent clipping range
         self.sources = dict(sources or {})  # part -> folder it was loaded from
         self.device = next(unet.parameters()).device
-        self.schedule = self.diffusion.make_schedule().to(self.device)
-        self.denoiser = as_eps_model(self.unet, self.schedule, self.diffusion.prediction)  # predicts eps
+        self.schedule = self.diffusion.make_schedule().to(self.device)   # unused by a flow model
+        self.denoiser = self._sampler_model()                    # predicts eps (or a flow's velocity)
 
     # -- loading and saving ------------------------------------------------
 
@@ -158,13 +172,20 @@ class LatentDiffusionPipeline:
     def from_pretrained(cls, path=None, device="cpu") -> "LatentDiffusionPipeline":
         """Load a pipeline folder (see the module docstring); None = the shipped weights.
 
-        `path` may be the pipeline folder (holding ldm/) or the ldm/ folder itself.
+        `path` may be the pipeline folder (holding ldm/) or the ldm/ folder itself, or a
+        bare name that is not an existing path: "flow" is minildm/weights/flow/ (the
+        shipped rectified-flow model of lesson 08), any name N is minildm/weights/N/.
         VAE and CLIP come from path/vae and path/clip when present, else the shipped ones.
         """
         from .clip import MiniCLIP
         from .vae import TinyVAE
         device = check_device(device)                                # before any work
         root = PACKAGE_WEIGHTS if path is None else Path(path)
+        if path is not None and not root.exists() and isinstance(path, str) and Path(path).name == path:
+            root = PACKAGE_WEIGHTS / path                            # a shipped model's name
+            if not root.exists():
+                raise WeightsError(f"no folder {path!r} here and no shipped model {path!r} in {PACKAGE_WEIGHTS} "
+                                   f"(train it with `python -m minildm train {path} --out minildm/weights`)")
         if not root.exists():
             raise WeightsError(f"pipeline folder not found: {root}")
         if not root.is_dir():
@@ -180,7 +201,7 @@ class LatentDiffusionPipeline:
                                f"`python -m minildm train ldm`).{hint}")
         config = load_pipeline_config(ldm_dir)
         diffusion = DiffusionConfig.load(ldm_dir, legacy_default=DiffusionConfig())
-        unet = UNet.from_pretrained(ldm_dir, device=device)
+        unet = DENOISERS[config.denoiser].from_pretrained(ldm_dir, device=device)
         sources = {NAME: ldm_dir}
         parts = {}
         for part, model_class in (("vae", TinyVAE), ("clip", MiniCLIP)):
@@ -195,14 +216,15 @@ class LatentDiffusionPipeline:
         check_parts(config, ldm_dir, parts["vae"], parts["clip"], unet)
         return cls(parts["vae"], parts["clip"], unet, config, sources, diffusion)
 
-    def save_pretrained(self, folder, dtype=torch.float16) -> Path:
+    def save_pretrained(self, folder, dtype=torch.float16, name: str = NAME) -> Path:
         """Write folder/ldm/ (and folder/vae/, folder/clip/ unless they are the shipped ones).
 
         The UNet's weights are stored as `dtype` (float16 halves the file; loading
-        casts them back to the model's float32).
+        casts them back to the model's float32). `name` replaces "ldm" as the
+        denoiser's subfolder (recipes/flow.py writes folder/flow/).
         """
         folder = Path(folder)
-        ldm_dir = folder / NAME
+        ldm_dir = folder / name
         save_config(self.unet.config, ldm_dir / "config.json")
         save_safetensors({k: v.to(dtype) if v.is_floating_point() else v
                           for k, v in self.unet.state_dict().items()}, ldm_dir / "model.safetensors")
@@ -221,8 +243,22 @@ class LatentDiffusionPipeline:
         for model in (self.vae, self.clip, self.unet):
             model.to(self.device)
         self.schedule = self.schedule.to(self.device)
-        self.denoiser = as_eps_model(self.unet, self.schedule, self.diffusion.prediction)
+        self.denoiser = self._sampler_model()
         return self
+
+    @property
+    def is_flow(self) -> bool:
+        """True for a rectified-flow denoiser (it predicts a velocity; Euler/Heun sample it)."""
+        return self.diffusion.prediction == "flow"
+
+    @property
+    def samplers(self) -> tuple:
+        """The sampler names this pipeline's denoiser allows; the first is its default."""
+        return FLOW_SAMPLERS if self.is_flow else SAMPLERS
+
+    def _sampler_model(self):
+        """What the samplers call: the flow's velocity model itself, else eps (EpsFromV for "v")."""
+        return self.unet if self.is_flow else as_eps_model(self.unet, self.schedule, self.diffusion.prediction)
 
     # -- the five steps ----------------------------------------------------
 
@@ -250,19 +286,28 @@ class LatentDiffusionPipeline:
                              "(try a lower guidance_scale)")
         return self.vae.decode(z0.to(self.device)).clamp(0, 1)
 
-    def make_sampler(self, sampler: str, num_steps: int):
-        """"ddim" (num_steps steps, eta = 0) or "ddpm" (all T steps) over this pipeline's schedule.
+    def make_sampler(self, sampler: str | None, num_steps: int):
+        """"ddim" (num_steps steps, eta = 0) or "ddpm" (all T steps) over this pipeline's schedule;
+        for a flow model "euler" or "heun" (num_steps ODE steps from s = 1 to 0; Heun calls the
+        network twice per step). None = the model's default: "ddim", or "euler" for a flow.
 
         Latents are unit-variance, not images in [-1, 1]: the sampler clips the predicted z0
         to the range saved in diffusion.json (the largest |z0| of the training latents x 1.1),
         not to [-1, 1]. Near t = T the cosine schedule's alpha_bar_T is ~1e-9, so without a
         limit a tiny error in eps becomes a huge z0.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        sampler = self.samplers[0] if sampler is None else sampler
+        if sampler not in self.samplers:
+            kind = "rectified-flow" if self.is_flow else f"{self.diffusion.prediction}-prediction"
+            raise ValueError(f"sampler must be one of {', '.join(self.samplers)} for this {kind} model "
+                             f"(or None for {self.samplers[0]}), got {sampler!r}")
+        if sampler in FLOW_SAMPLERS:
+            return FlowEulerSampler(num_steps) if sampler == "euler" else FlowHeunSampler(num_steps)
         clip = self.diffusion.clip_x0 or None
         if sampler == "ddim":
             return DDIMSampler(self.schedule, num_steps=num_steps, eta=0.0, clip_x0=clip)
+        if sampler in ecosystem.SAMPLERS:
+            return ecosystem.DiffusersSampler(sampler, self.diffusion, num_steps, clip_x0=clip)
         return DDPMSampler(self.schedule, clip_x0=clip)  # all T steps; num_steps is for DDIM
 
     def _prepare(self, prompts, n, num_steps, guidance_scale, seed, sampler, negative_prompt):
@@ -273,7 +318,7 @@ class LatentDiffusionPipeline:
         if n is not None and len(prompts) != n:
             raise ValueError(f"got {plural(n, 'image')} and {plural(len(prompts), 'prompt')}; give one "
                              f"prompt per image, or a single prompt for all")
-        if sampler == "ddpm" and num_steps not in (None, self.schedule.num_timesteps):
+        if sampler == "ddpm" and not self.is_flow and num_steps not in (None, self.schedule.num_timesteps):
             raise ValueError(f"sampler='ddpm' always runs all {self.schedule.num_timesteps} steps (DDPM "
                              f"Algorithm 2), so num_steps={num_steps!r} would be ignored; leave num_steps "
                              f"out, or use sampler='ddim' for fewer steps")
@@ -309,8 +354,8 @@ class LatentDiffusionPipeline:
 
     @torch.no_grad()
     def __call__(self, prompts, num_steps: int | None = None, guidance_scale: float = 3.0, seed: int = 0,
-                 sampler: str = "ddim", negative_prompt=None, return_trajectory: bool = False,
-                 progress: bool = False):
+                 sampler: str | None = None, negative_prompt=None, return_trajectory: bool = False,
+                 progress: bool = False, return_attention: bool = False):
         """Text to image: one image per prompt -> float (N, 3, 32, 32) in [0, 1].
 
         Image i has its own random generator, torch.Generator().manual_seed(seed + i) on the
@@ -320,25 +365,35 @@ class LatentDiffusionPipeline:
 
         Steps 3 -> 4 -> 5: encode the prompts, denoise pure noise zT with guidance,
         decode. With return_trajectory=True also returns the decoded intermediate
-        latents, (T, N, 3, 32, 32). sampler="ddpm" runs all T steps (num_steps is for DDIM).
+        latents, (T, N, 3, 32, 32). sampler="ddpm" runs all T steps (num_steps is for DDIM);
+        sampler=None is the model's default, "ddim" (or "euler" for a flow model).
+        With return_attention=True the last item returned is each prompt token's cross-attention
+        map (N, L, 8, 8), averaged over heads, layers and steps, summing to 1 over the grid
+        (padding tokens: zeros; see attention_maps.py).
         """
         prompts, eps_fn, sampler, generator = self._prepare(
             prompts, None, num_steps, guidance_scale, seed, sampler, negative_prompt)
         zT = self._noise(len(prompts), generator)
-        out = sample(eps_fn, sampler, zT, generator=generator, progress=progress,
-                     return_trajectory=return_trajectory)
+        store = AttentionStore(len(prompts), self.config.latent_size) if return_attention else None
+        with attention_hook(self.unet, store):
+            out = sample(eps_fn, sampler, zT, generator=generator, progress=progress,
+                         return_trajectory=return_trajectory)
         z0, trajectory = out if return_trajectory else (out, None)
-        return self._finish(z0, trajectory, return_trajectory)
+        images = self._finish(z0, trajectory, return_trajectory)
+        if store is None:
+            return images
+        return (*images, store.maps()) if return_trajectory else (images, store.maps())
 
     @torch.no_grad()
     def img2img(self, images, prompts, strength: float = 0.6, num_steps: int | None = None,
-                guidance_scale: float = 3.0, seed: int = 0, sampler: str = "ddim",
+                guidance_scale: float = 3.0, seed: int = 0, sampler: str | None = None,
                 negative_prompt=None, return_trajectory: bool = False, progress: bool = False):
         """Image + text to image (SDEdit): encode, noise to the strength's timestep, denoise.
 
         strength 0 keeps the image (up to the VAE's reconstruction), 1 starts from
         pure noise and ignores it. One prompt per image, or one for all. Image i is
-        noised with its own generator (seed + i), as in __call__.
+        noised with its own generator (seed + i), as in __call__. A flow model
+        starts on the straight line at s = strength: (1 - s) z0 + s noise.
         """
         strength = check_float(strength, "strength", 0.0, 1.0)
         images = check_images(images, self.config.image_size)
@@ -350,3 +405,28 @@ class LatentDiffusionPipeline:
                      progress=progress, return_trajectory=return_trajectory)
         z0, trajectory = out if return_trajectory else (out, None)
         return self._finish(z0, trajectory, return_trajectory)
+
+    # -- the toolbox (lesson 09) -------------------------------------------
+
+    @torch.no_grad()
+    def inpaint(self, images, masks, prompts, num_steps: int | None = None, guidance_scale: float = 3.0,
+                seed: int = 0, sampler: str | None = None, negative_prompt=None, progress: bool = False,
+                paste_back: bool = True):
+        """Repaint the masked part of images to match the prompts, keep the rest.
+
+        images float (N, 3, 32, 32) in [0, 1]; masks (N, 1, 32, 32) or (N, 32, 32), bool or
+        float in {0, 1}, 1 = repaint (one mask may serve all images) -> float (N, 3, 32, 32).
+        Text to image, with the known region's latents re-noised and pasted back after every
+        step (editing.KnownRegion), and the kept pixels pasted back at the end: outside the
+        mask the output is the input exactly (paste_back=False shows what the blend alone gives).
+        """
+        images = check_images(images, self.config.image_size).to(self.device)
+        masks = check_masks(masks, len(images), self.config.image_size).to(self.device)
+        prompts, eps_fn, sampler, generator = self._prepare(
+            prompts, len(images), num_steps, guidance_scale, seed, sampler, negative_prompt)
+        zT = self._noise(len(images), generator)                     # (N, 4, 8, 8)
+        known = KnownRegion(sampler, self.encode_images(images), latent_mask(masks, self.config.latent_size),
+                            noise=zT)
+        z0 = sample(eps_fn, sampler, zT, generator=generator, progress=progress, callback=known)
+        painted = self.decode_latents(z0)
+        return masks * painted + (1 - masks) * images if paste_back else painted
