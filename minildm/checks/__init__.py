@@ -24,4 +24,5 @@ from .lesson05 import reparameterize, kl_divergence, vae_loss  # noqa: F401
 from .lesson06 import guided_eps, sdedit_start, cross_attention  # noqa: F401
 from .lesson07 import lr_schedule, ema_update, shard_batch  # noqa: F401
 from .lesson08 import flow_loss, euler_step, patchify, modulate  # noqa: F401
+from .lesson09 import inpaint_blend, ddim_inversion_step  # noqa: F401
 from .lesson10 import relation_of, swap_test_wins  # noqa: F401
