@@ -68,4 +68,5 @@ def test_gpu_check_runs_its_code_path_on_the_cpu():
         row = out["training"][name]
         assert row["preset"] == "tiny" and row["gflops_per_step"] > 0
         assert row["bf16"]["images_per_s"] > 0 and 0 < row["bf16"]["utilisation"] < 2
+        assert "GPU run only" in row["bf16+compile"]["skipped"]             # no C++ compile on a CPU
     assert out["sampling"]["images"] == 108 and 0 <= out["sampling"]["all_four"] <= 1
