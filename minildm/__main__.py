@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="a few steps and captions (a smoke test)")
     q.add_argument("--steps", type=_positive_int, help="training steps per cell (default 500)")
     q.add_argument("--cell", action="append", help="run only this cell, e.g. dit-cross/flow (repeatable)")
+    q.add_argument("--timing-only", action="store_true", help="only re-measure the step times (interleaved)")
     q.add_argument("--json", help="write the JSON here (a re-run cell is merged into it)")
     q.set_defaults(func=cmd_compare)
 

@@ -122,12 +122,13 @@ def test_fit_tiny_writes_a_loadable_flow_folder(tmp_path, capsys):
 
 def test_compare_one_cell_and_table(tmp_path):
     cfg = compare.CompareConfig(steps=2, batch_size=4, warmup_steps=1, latent_pool=8, sweep_steps=(1, 2),
-                                sweep_captions=4, full_steps=0, sample_captions=2, sample_steps=(2,))
+                                sweep_captions=4, full_steps=0, sample_captions=2, sample_steps=(2,), timing_rounds=3)
     out = compare.compare_denoisers(cfg, ["dit-cross/flow-uniform"], json_path=tmp_path / "c.json")
     row = out["cells"]["dit-cross/flow-uniform"]
     assert row["timestep_sampling"] == "uniform" and row["sampler"] == "euler" and row["images_seen"] == 8
     assert row["gflops_per_step"] > 0 and set(row["sweep"]) == {"1", "2"}
     assert (tmp_path / "c_samples.safetensors").exists()
+    assert set(out["timing"]) >= {"unet", "dit-cross", "dit-joint"} and out["timing"]["unet"]["ms_per_step"] > 0
     assert "dit-cross/flow-uniform (euler)" in compare.markdown_table(out)
     with pytest.raises(ValueError, match="unknown cell 'dit/flow'"):
         compare.parse_cell("dit/flow")
@@ -152,3 +153,11 @@ def test_shipped_flow_weights_beat_chance():
     result = grade_conditional(images, labels)
     # chance is 1/6 for color, 1/9 for position, 1/324 for all four
     assert result["color"] >= 0.75 and result["position"] >= 0.75 and result["all_four"] >= 0.5, result
+
+
+def test_compare_keeps_other_cells_and_refuses_a_mixed_budget(tmp_path, monkeypatch):
+    path = tmp_path / "c.json"
+    path.write_text('{"config": {"steps": 1}, "cells": {"unet/eps": {}}}')
+    with pytest.raises(ValueError, match="another budget"):
+        compare.compare_denoisers(compare.QUICK, [], json_path=path)
+    assert "unet/eps" in path.read_text()                          # nothing was overwritten

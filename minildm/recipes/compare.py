@@ -3,6 +3,7 @@
     python -m minildm compare denoisers --json docs/results_flow.json   # every cell (about 30 CPU-minutes)
     python -m minildm compare denoisers --cell dit-cross/flow           # one cell alone: the same numbers
     python -m minildm compare denoisers --quick                         # a smoke test (a minute)
+    python -m minildm compare denoisers --timing-only --json docs/results_flow.json   # only the step times
 
 Cells: {UNet, DiT-cross, DiT-joint} x {eps + DDIM (SD1), rectified flow + Euler (SD3)}, and one
 flow cell with uniform instead of logit-normal s. Every cell trains through recipes/flow.job
@@ -13,7 +14,8 @@ shipped LDM; DiT width 128, depth 4, 2x2 patches). Measured per cell:
 
     parameters; GFLOPs of one training step, forward + backward (torch.utils.flop_counter, via bench);
     ms per training step and images/s, with the load average and the torch threads next to them
-    (the machine may be shared: wall times are upper bounds, FLOPs are exact);
+    (the machine may be shared: wall times are upper bounds, FLOPs are exact), measured twice: over
+    each cell's training run, and in turns for the three denoisers (interleaved_timing: the table's);
     the judge's all-four-correct versus sampling steps (1, 2, 4, 8, 16, 50) on a fixed subset of
     captions (one seed), and at 50 steps on all 324 canonical captions, seen and held-out apart;
     a few sample images at 2, 8 and 50 steps (stored next to the JSON for the notebook's grids).
@@ -57,11 +59,12 @@ class CompareConfig:
     sample_steps: tuple = (2, 8, 50)
     guidance_scale: float = 3.0
     threads: int = 1                       # torch threads (the times are per-thread figures)
+    timing_rounds: int = 12                # interleaved_timing: one step of each denoiser, this many times
     seed: int = 0
 
 
 QUICK = CompareConfig(steps=10, batch_size=16, warmup_steps=2, latent_pool=256, sweep_steps=(1, 4),
-                      sweep_captions=12, full_steps=0, sample_captions=4, sample_steps=(4,))
+                      sweep_captions=12, full_steps=0, sample_captions=4, sample_steps=(4,), timing_rounds=4)
 
 
 def parse_cell(name: str) -> tuple[str, str, str]:
@@ -124,12 +127,58 @@ def run_cell(name: str, cfg: CompareConfig, sample_batch, clip_x0: float) -> tup
     return row, torch.stack(samples)
 
 
-def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_path=None) -> dict:
-    """Run `cells` at cfg's budget; with json_path, write the JSON (merged into an existing file's
-    cells, so one cell can be re-run alone) and the sample images next to it (*_samples.safetensors)."""
+def interleaved_timing(cfg: CompareConfig, sample_batch) -> dict:
+    """ms per training step (forward, backward, AdamW) of each denoiser at cfg.batch_size, measured in
+    turns - one step of each, cfg.timing_rounds times - so that a change in the machine's load hits
+    all three alike; medians of wall and CPU time, the first two rounds left out (warm-up). The
+    objective does not change a step's cost (the same network, a different target)."""
+    runs = {d: flow.job("cpu", run_dir=None, sample_batch=sample_batch, denoiser=d, batch_size=cfg.batch_size,
+                        progress=False, device="cpu") for d in flow.DENOISERS}
+    optimizers = {d: torch.optim.AdamW(run.model.parameters(), cfg.lr) for d, run in runs.items()}
+    batch = sample_batch(cfg.batch_size, torch.Generator().manual_seed(0), torch.device("cpu"))
+    times = {d: [] for d in runs}
+    before = machine()
+    for _ in range(cfg.timing_rounds):
+        for d, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            loss = run.loss_fn(run.model, batch)
+            optimizers[d].zero_grad()
+            loss.backward()
+            optimizers[d].step()
+            times[d].append((time.perf_counter() - wall, time.process_time() - cpu))
+    out = {"machine_before": before, "machine_after": machine(), "rounds": cfg.timing_rounds}
+    for d, measured in times.items():
+        kept = measured[2:] or measured
+        wall = sorted(m[0] for m in kept)[len(kept) // 2]
+        cpu = sorted(m[1] for m in kept)[len(kept) // 2]
+        out[d] = {"ms_per_step": round(1000 * wall, 1), "cpu_ms_per_step": round(1000 * cpu, 1),
+                  "images_per_second": round(cfg.batch_size / wall, 1)}
+    return out
+
+
+def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_path=None, timing: bool = True) -> dict:
+    """Run `cells` at cfg's budget, then (timing) interleaved_timing; with json_path, write the JSON
+    (merged into an existing file's cells, so one cell can be re-run alone) and the sample images
+    next to it (*_samples.safetensors)."""
     cells = list(cells)
     for name in cells:
         parse_cell(name)                                      # fail before any training
+    shown = eval_labels(cfg.sweep_captions, cfg.seed)[:cfg.sample_captions]           # the samples' captions
+    out = {"config": json.loads(json.dumps(asdict(cfg))), "cells": {},
+           "sample_captions": [shapes.caption(l) for l in shown]}
+    samples = {}
+    if json_path and Path(json_path).exists():
+        previous = json.loads(Path(json_path).read_text())
+        budget = lambda config: {k: v for k, v in config.items() if k != "timing_rounds"}
+        if budget(previous.get("config", {})) != budget(out["config"]) and set(cells) != set(CELLS):
+            raise ValueError(f"{json_path} holds cells trained at another budget; re-run every cell "
+                             f"(no --cell) or write to another --json")
+        if budget(previous.get("config", {})) == budget(out["config"]):   # same budget: keep the other cells
+            out["cells"], out["timing"] = previous["cells"], previous.get("timing")
+            samples_path = Path(json_path).with_name(Path(json_path).stem + "_samples.safetensors")
+            if samples_path.exists():
+                from safetensors.torch import load_file
+                samples = load_file(str(samples_path))
     torch.set_num_threads(cfg.threads)
     device = torch.device("cpu")
     vae, _ = _frozen_part("vae", None, device)
@@ -138,25 +187,20 @@ def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_pa
                                    pool_seed=cfg.seed + 1,
                                    partial_prompts=flow.partial_prompts(flow.PRESETS["cpu"], clip))
     sample_batch(1, torch.Generator().manual_seed(0), device)  # encode the shared pool now, outside the timing
-    probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]
-    clip_x0 = round(float(probe.abs().max()) * flow.LATENT_CLIP_MARGIN, 2)   # eps cells, as recipes/ldm.py
-    out = {"config": json.loads(json.dumps(asdict(cfg))), "cells": {}, "sample_captions": [shapes.caption(l) for l in
-                                                                    eval_labels(cfg.sweep_captions, cfg.seed)
-                                                                    [:cfg.sample_captions]]}
-    samples = {}
-    if json_path and Path(json_path).exists():
-        previous = json.loads(Path(json_path).read_text())
-        if previous.get("config") == out["config"]:           # same budget: keep the other cells
-            out["cells"] = previous["cells"]
-            samples_path = Path(json_path).with_name(Path(json_path).stem + "_samples.safetensors")
-            if samples_path.exists():
-                from safetensors.torch import load_file
-                samples = load_file(str(samples_path))
+    clip_x0 = None
+    if any(parse_cell(name)[1] == "eps" for name in cells):                  # eps cells clip as recipes/ldm.py
+        probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]
+        clip_x0 = round(float(probe.abs().max()) * flow.LATENT_CLIP_MARGIN, 2)
     for name in cells:
         t0 = time.perf_counter()
         print(f"== {name} ({cfg.steps} steps x {cfg.batch_size}) ==", flush=True)
         out["cells"][name], samples[name] = run_cell(name, cfg, sample_batch, clip_x0)
         out["cells"][name]["cell_seconds"] = round(time.perf_counter() - t0, 1)
+        if json_path:
+            write(out, samples, json_path)
+    if timing:
+        print("== interleaved timing of one training step ==", flush=True)
+        out["timing"] = interleaved_timing(cfg, sample_batch)
         if json_path:
             write(out, samples, json_path)
     return out
@@ -173,14 +217,14 @@ def write(out: dict, samples: dict, json_path) -> None:
 
 def markdown_table(out: dict) -> str:
     """The comparison as a markdown table: one row per cell."""
-    steps = out["config"]["sweep_steps"]
+    steps, timing = out["config"]["sweep_steps"], out.get("timing") or {}
     head = (["cell", "params", "GFLOP/step", "ms/step", "img/s"] + [f"{n} st." for n in steps]
             + ["seen (324, 50 st.)", "held-out (50 st.)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["cells"].items():
-        full = row.get("full")
+        full, speed = row.get("full"), timing.get(row["denoiser"], row)   # interleaved timing when measured
         cells = ([f"{name} ({row['sampler']})", f"{row['parameters'] / 1e6:.2f}M", f"{row['gflops_per_step']:.2f}",
-                  f"{row['ms_per_step']:.0f}", f"{row['images_per_second']:.0f}"]
+                  f"{speed['ms_per_step']:.0f}", f"{speed['images_per_second']:.0f}"]
                  + [f"{100 * row['sweep'][str(n)]['all']:.0f}%" for n in steps]
                  + ([f"{100 * full['seen']['all_four']:.1f}%", f"{100 * full['held_out']['all_four']:.1f}%"]
                     if full else ["", ""]))
@@ -189,10 +233,11 @@ def markdown_table(out: dict) -> str:
 
 
 def main(args) -> dict:
-    """`python -m minildm compare denoisers [--quick] [--steps N] [--cell NAME ...] [--json FILE]`."""
+    """`python -m minildm compare denoisers [--quick] [--steps N] [--cell NAME ...] [--timing-only] [--json FILE]`."""
     cfg = QUICK if args.quick else CompareConfig()
     if args.steps:
         cfg = CompareConfig(**{**asdict(cfg), "steps": args.steps})
-    out = compare_denoisers(cfg, args.cell or CELLS, args.json)
+    cells = [] if args.timing_only else (args.cell or CELLS)
+    out = compare_denoisers(cfg, cells, args.json)
     print(markdown_table(out))
     return out

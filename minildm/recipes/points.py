@@ -19,8 +19,9 @@ from . import Job
 
 def job(dataset: str = "ink_drop", steps: int = 3000, batch_size: int = 512, lr: float = 3e-3,
         schedule: NoiseSchedule | None = None, config: MLPConfig | None = None, seed: int = 0,
-        device: str = "cpu", progress: bool = True, objective: str = "eps") -> Job:
-    """The 2-D training run: each batch is a fresh draw of `batch_size` points of toy2d.make(dataset).
+        device: str = "cpu", progress: bool = True, objective: str = "eps", offset=(0.0, 0.0)) -> Job:
+    """The 2-D training run: each batch is a fresh draw of `batch_size` points of toy2d.make(dataset),
+    moved by `offset` (lesson 08 moves the ink drop off-centre, where DDPM's paths curve).
     objective: "eps" (the DDPM loss over `schedule`) or "flow" (rectified flow: the MLP predicts
     the velocity, lesson 08)."""
     if dataset not in toy2d.DATASETS:
@@ -32,7 +33,7 @@ def job(dataset: str = "ink_drop", steps: int = 3000, batch_size: int = 512, lr:
 
     def sample_batch(n, generator, device):
         seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
-        return toy2d.make(dataset, n, seed=seed).to(device)             # (n, 2)
+        return (toy2d.make(dataset, n, seed=seed) + torch.tensor(offset)).to(device)   # (n, 2)
 
     sched = schedule.to(training.pick_device(device))
     cfg = training.TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(100, steps // 10),
@@ -45,7 +46,8 @@ def job(dataset: str = "ink_drop", steps: int = 3000, batch_size: int = 512, lr:
 
 def fit_points(dataset: str = "ink_drop", steps: int = 3000, batch_size: int = 512, lr: float = 3e-3,
                schedule: NoiseSchedule | None = None, config: MLPConfig | None = None, seed: int = 0,
-               device: str = "cpu", progress: bool = True, objective: str = "eps") -> training.TrainResult:
+               device: str = "cpu", progress: bool = True, objective: str = "eps",
+               offset=(0.0, 0.0)) -> training.TrainResult:
     """Train an MLPDenoiser on a 2-D point cloud (toy2d.make(dataset)) through train.train.
 
     Returns the TrainResult: result.model is the trained (EMA) denoiser, result.history
@@ -53,5 +55,5 @@ def fit_points(dataset: str = "ink_drop", steps: int = 3000, batch_size: int = 5
     objective="flow" trains the same MLP as a rectified flow (notebooks/08_sd3.ipynb).
     Taught in notebooks/02_ddpm.ipynb.
     """
-    run = job(dataset, steps, batch_size, lr, schedule, config, seed, device, progress, objective)
+    run = job(dataset, steps, batch_size, lr, schedule, config, seed, device, progress, objective, offset)
     return training.train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=run.name)
