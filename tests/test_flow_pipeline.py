@@ -114,6 +114,10 @@ def test_fit_tiny_writes_a_loadable_flow_folder(tmp_path, capsys):
     unet_eps = flow.job("tiny", run_dir=None, denoiser="unet", objective="eps")
     assert type(unet_eps.model).__name__ == "UNet" and flow.make_pipeline(unet_eps, unet_eps.model,
                                                                           clip_x0=5.0).samplers[0] == "ddim"
+    dit_v = flow.job("tiny", run_dir=None, denoiser="dit-joint", objective="v")
+    v_pipe = flow.make_pipeline(dit_v, dit_v.model, clip_x0=5.0)
+    assert v_pipe.diffusion.prediction == "v" and v_pipe.samplers[0] == "ddim"
+    assert torch.isfinite(dit_v.loss_fn(dit_v.model, dit_v.sample_batch(2, torch.Generator().manual_seed(0), "cpu")))
     with pytest.raises(ValueError, match="denoiser must be one of unet, dit-cross, dit-joint"):
         flow.job("tiny", run_dir=None, denoiser="transformer")
     with pytest.raises(ValueError, match="timestep_sampling must be one of uniform, logit_normal"):

@@ -5,8 +5,9 @@
     python -m minildm compare denoisers --quick                         # a smoke test (a minute)
     python -m minildm compare denoisers --timing-only --json docs/results_flow.json   # only the step times
 
-Cells: {UNet, DiT-cross, DiT-joint} x {eps + DDIM (SD1), rectified flow + Euler (SD3)}, and one
-flow cell with uniform instead of logit-normal s. Every cell trains through recipes/flow.job
+Cells: {UNet, DiT-cross, DiT-joint} x {eps + DDIM (SD1), rectified flow + Euler (SD3)}, one
+flow cell with uniform instead of logit-normal s, and two cells with the v target (lesson 02)
+sampled with DDIM: is it the straight path that helps, or a target that contains the image? Every cell trains through recipes/flow.job
 with the SAME budget: the same steps, batch size and learning-rate schedule, the same pool of
 latents, the same batches in the same order (one data stream, captions and prompt dropout
 included), the same seed. The architectures are those of flow.PRESETS["cpu"] (UNet as the
@@ -40,7 +41,7 @@ from . import flow
 from .ldm import PROMPT_DROPOUT, _frozen_part, encode_pool, latent_batch_fn
 
 CELLS = ("unet/eps", "unet/flow", "dit-cross/eps", "dit-cross/flow", "dit-joint/eps", "dit-joint/flow",
-         "dit-cross/flow-uniform")
+         "dit-cross/flow-uniform", "unet/v", "dit-cross/v")
 
 
 @dataclass
@@ -73,7 +74,7 @@ def parse_cell(name: str) -> tuple[str, str, str]:
     objective, _, sampling = objective.partition("-")
     if denoiser not in flow.DENOISERS or objective not in flow.OBJECTIVES or sampling not in ("", "uniform"):
         raise ValueError(f"unknown cell {name!r}; allowed: {', '.join(CELLS)} "
-                         f"(any of {', '.join(flow.DENOISERS)} / eps, flow or flow-uniform)")
+                         f"(any of {', '.join(flow.DENOISERS)} / eps, v, flow or flow-uniform)")
     return denoiser, objective, sampling or "logit_normal"
 
 
@@ -188,7 +189,7 @@ def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_pa
                                    partial_prompts=flow.partial_prompts(flow.PRESETS["cpu"], clip))
     sample_batch(1, torch.Generator().manual_seed(0), device)  # encode the shared pool now, outside the timing
     clip_x0 = None
-    if any(parse_cell(name)[1] == "eps" for name in cells):                  # eps cells clip as recipes/ldm.py
+    if any(parse_cell(name)[1] != "flow" for name in cells):                 # eps, v cells clip as recipes/ldm.py
         probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]
         clip_x0 = round(float(probe.abs().max()) * flow.LATENT_CLIP_MARGIN, 2)
     for name in cells:

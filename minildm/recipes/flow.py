@@ -9,8 +9,9 @@ preset choose what is trained:
     denoiser            unet | dit-cross | dit-joint   the UNet of lesson 06, or a DiT whose image
                                                        tokens cross-attend to the text (PixArt-alpha)
                                                        or share one attention with it (SD3's MMDiT)
-    objective           flow | eps                     objectives.flow_matching_loss, sampled with
-                                                       Euler; or the DDPM noise loss, sampled with DDIM
+    objective           flow | eps | v                 objectives.flow_matching_loss, sampled with
+                                                       Euler; or the DDPM loss with the noise (lesson 06)
+                                                       or v (lesson 02) as the target, sampled with DDIM
     timestep_sampling   uniform | logit_normal         how s is drawn for the flow loss (SD3: logit-normal)
 
     python -m minildm train flow --preset cpu --out minildm/weights    # the shipped minildm/weights/flow/
@@ -50,7 +51,7 @@ from .ldm import (LATENT_CLIP_MARGIN, PARTIAL_PROMPTS, PROMPT_DROPOUT, _frozen_p
 
 NAME = "flow"                                  # minildm/weights/flow/: the shipped model's folder
 DENOISERS = ("unet", "dit-cross", "dit-joint")
-OBJECTIVES = ("flow", "eps")                   # flow: velocity + Euler; eps: noise + DDIM (lesson 06)
+OBJECTIVES = ("flow", "eps", "v")              # flow: velocity + Euler; eps (lesson 06) or v (lesson 02): DDIM
 EVAL_STEPS = (50, 8)                           # evaluate() grades every caption at these Euler step counts
 
 
@@ -62,7 +63,7 @@ def _unet(base: int, **kw) -> UNetConfig:
 class FlowPreset:
     """A latent denoiser's recipe: which network, which objective, and how to train it."""
     denoiser: str = "dit-cross"               # unet | dit-cross | dit-joint
-    objective: str = "flow"                   # flow (rectified flow, Euler) | eps (DDPM noise, DDIM)
+    objective: str = "flow"                   # flow (rectified flow, Euler) | eps or v (DDPM, DDIM)
     timestep_sampling: str = "logit_normal"   # flow only: uniform | logit_normal (SD3)
     unet: UNetConfig = field(default_factory=lambda: _unet(32, channel_mults=(1, 2, 2), num_res_blocks=1,
                                                            attention_levels=(True, True, True), num_heads=4))
@@ -80,10 +81,10 @@ class FlowPreset:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def diffusion(self, clip_x0: float = 0.0) -> DiffusionConfig:
-        """Saved with the weights: a flow has no schedule and no clipping; eps as recipes/ldm.py."""
+        """Saved with the weights: a flow has no schedule and no clipping; eps and v as recipes/ldm.py."""
         if self.objective == "flow":
             return DiffusionConfig(prediction="flow")
-        return DiffusionConfig(schedule=self.schedule, prediction="eps", clip_x0=clip_x0)
+        return DiffusionConfig(schedule=self.schedule, prediction=self.objective, clip_x0=clip_x0)
 
 
 PRESETS = {
@@ -148,7 +149,7 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, name: str = NAME, sample_
         z0, context, mask = batch                            # (B, 4, 8, 8), (B, L, D), (B, L)
         if p.objective == "flow":
             return flow_matching_loss(model, z0, context, mask, timestep_sampling=p.timestep_sampling)
-        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask)
+        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask, prediction=p.objective)
 
     if sample_batch is None:
         sample_batch = latent_batch_fn(vae, clip, p.prompt_dropout, vae.config.image_size, p.latent_pool,
@@ -163,11 +164,11 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, name: str = NAME, sample_
 def make_pipeline(run: Job, model: nn.Module, clip_x0: float | None = None) -> LatentDiffusionPipeline:
     """The trained denoiser of `run` in a pipeline with the frozen VAE and CLIP it was trained on.
 
-    An eps model clips its z0 guesses like recipes/ldm.py (LATENT_CLIP_MARGIN x the largest |z0| of
+    An eps or v model clips its z0 guesses like recipes/ldm.py (LATENT_CLIP_MARGIN x the largest |z0| of
     512 training latents, computed unless clip_x0 is given); a flow model does not clip.
     """
     p, vae = run.preset, run.vae
-    if p.objective == "eps" and clip_x0 is None:
+    if p.objective != "flow" and clip_x0 is None:
         probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size)[0]
         clip_x0 = round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2)
     config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
