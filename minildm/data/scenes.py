@@ -35,9 +35,10 @@ Taught in notebooks/10_composition.ipynb.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from . import shapes
 from .shapes import BORDER_MARGIN, COLOR_NAMES, COLORS, HELD_OUT_PAIRS, SHAPES, SIZE_RANGES
@@ -253,40 +254,10 @@ def sample_batch(n: int, split: str = "train", resolution: int = 32,
     return images, captions, labels
 
 
-class ScenesDataset(Dataset):
+class ScenesDataset(shapes.ShapesDataset):
     """A fixed-length, deterministic view of a split: item i is always the same scene.
 
     Returns (image (3, R, R) float32 in [0, 1], caption str, labels (5,) long).
     """
 
-    def __init__(self, split: str = "train", length: int = 10_000, resolution: int = 32,
-                 seed: int = 0, paraphrases: bool = False):
-        shapes._check_choice("split", split, SPLITS)
-        shapes._check_resolution(resolution)
-        if not isinstance(length, (int, np.integer)) or length < 0:
-            raise ValueError(f"length must be a non-negative int, got {length!r}")
-        self.split, self.length, self.resolution = split, int(length), resolution
-        self.seed, self.paraphrases = seed, paraphrases
-        self.pool = split_labels(split)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of {self.length}")
-        index %= self.length
-        rng = np.random.default_rng([self.seed, index])
-        labels = self.pool[int(rng.integers(len(self.pool)))]
-        image = render(labels, self.resolution, rng)[0]
-        text = paraphrase(labels, rng) if self.paraphrases else caption(labels)
-        return image, text, labels
-
-    def tensors(self, start: int = 0, stop: int | None = None):
-        """Items [start, stop) stacked: (images (N, 3, R, R), captions, labels (N, 5))."""
-        items = [self[i] for i in range(start, self.length if stop is None else stop)]
-        if not items:
-            r = self.resolution
-            return torch.zeros(0, 3, r, r), [], torch.zeros(0, len(FIELDS), dtype=torch.long)
-        images, captions, labels = zip(*items)
-        return torch.stack(images), list(captions), torch.stack(labels)
+    world = sys.modules[__name__]   # scenes' splits, labels, renderer and captions; the rest is ShapesDataset's

@@ -25,6 +25,7 @@ Taught in notebooks/00_welcome.ipynb.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -306,13 +307,13 @@ class ShapesDataset(Dataset):
 
     def __init__(self, split: str = "train", length: int = 10_000, resolution: int = 32,
                  seed: int = 0, paraphrases: bool = False):
-        _check_choice("split", split, SPLITS)
+        _check_choice("split", split, self.world.SPLITS)
         _check_resolution(resolution)
         if not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"length must be a non-negative int, got {length!r}")
         self.split, self.length, self.resolution = split, int(length), resolution
         self.seed, self.paraphrases = seed, paraphrases
-        self.pool = split_labels(split)
+        self.pool = self.world.split_labels(split)            # (P, fields)
 
     def __len__(self) -> int:
         return self.length
@@ -323,15 +324,20 @@ class ShapesDataset(Dataset):
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
         labels = self.pool[int(rng.integers(len(self.pool)))]
-        image = render(labels, self.resolution, rng)[0]
-        text = paraphrase(labels, rng) if self.paraphrases else caption(labels)
+        image = self.world.render(labels, self.resolution, rng)[0]
+        text = self.world.paraphrase(labels, rng) if self.paraphrases else self.world.caption(labels)
         return image, text, labels
 
     def tensors(self, start: int = 0, stop: int | None = None):
-        """Items [start, stop) stacked: (images (N, 3, R, R), captions, labels (N, 4))."""
+        """Items [start, stop) stacked: (images (N, 3, R, R), captions, labels (N, fields))."""
         items = [self[i] for i in range(start, self.length if stop is None else stop)]
         if not items:
             r = self.resolution
-            return torch.zeros(0, 3, r, r), [], torch.zeros(0, 4, dtype=torch.long)
+            return torch.zeros(0, 3, r, r), [], torch.zeros(0, self.pool.shape[1], dtype=torch.long)
         images, captions, labels = zip(*items)
         return torch.stack(images), list(captions), torch.stack(labels)
+
+
+# The module whose splits, labels, renderer and captions a dataset draws from (data/scenes.py's
+# ScenesDataset is this class with world = the scenes module).
+ShapesDataset.world = sys.modules[__name__]
