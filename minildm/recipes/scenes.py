@@ -38,39 +38,26 @@ from ..data.judge import grade_scenes
 from ..objectives import DiffusionConfig, diffusion_loss
 from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint
 from ..schedule import NoiseSchedule
-from ..train import TrainConfig, pick_device, train
+from ..train import pick_device, train
 from ..unet import UNet
 from ..weights_io import PACKAGE_WEIGHTS
 from . import Job, get_preset, read_training_json, train_config, write_training_json
-from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, LDMPreset, _frozen_part, _unet_config, encode_pool,
+from .ldm import PRESETS as LDM_PRESETS
+from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, _frozen_part, encode_pool,
                   latent_batch_fn)
 from .scenes_clip import FOLDER as CLIP_FOLDER
 
 NAME = "scenes"                 # the pipeline folder: out_dir/scenes/{ldm, clip}
 
+# The latent UNet recipes of lesson 06, unchanged but for the cpu preset's length: binding kept
+# rising with steps (docs/results_scenes.json, binding_by_step). Measured on a shared 2-core machine
+# (1 thread, load ~7): 1200 steps in 23.1 min, then resumed to 2400 in 18.8 min. The gpu preset trains
+# at 64 x 64 with a 64 x 64 VAE and CLIP in the same out_dir (train vae / scenes_clip --preset gpu first).
 PRESETS = {
-    # seconds: tests and fast notebooks (learns nothing useful)
-    "tiny": LDMPreset(
-        model=_unet_config(16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(True, True),
-                           num_heads=2),
-        train=TrainConfig(steps=20, batch_size=16, lr=1e-3, warmup_steps=5, log_every=5,
-                          ema_decay=0.0, progress=False)),
-    # the shipped weights (lesson 06's cpu UNet, 1.6M parameters, stored as float16). Measured on a
-    # shared 2-core machine (1 thread, load ~7): 1200 steps in 23.1 min, then resumed to 2400 in
-    # 18.8 min (binding kept rising with steps: docs/results_scenes.json, binding_by_step)
-    "cpu": LDMPreset(
-        model=_unet_config(32, channel_mults=(1, 2, 2), num_res_blocks=1,
-                           attention_levels=(True, True, True), num_heads=4),
-        train=TrainConfig(steps=2400, batch_size=128, lr=1.5e-3, warmup_steps=100, ema_decay=0.995,
-                          log_every=25, checkpoint_every=250),
-        latent_pool=16384),
-    # a GPU: wider, longer, bf16, fresh scenes every batch. At 64 x 64 with a 64 x 64 VAE and CLIP
-    # in the same out_dir (train vae / scenes_clip --preset gpu --out DIR first): 16 x 16 latents.
-    "gpu": LDMPreset(
-        model=_unet_config(128, channel_mults=(1, 2, 2), num_res_blocks=2,
-                           attention_levels=(True, True, True), num_heads=8),
-        train=TrainConfig(steps=20000, batch_size=256, lr=5e-4, warmup_steps=500, ema_decay=0.9995,
-                          precision="bf16", log_every=100, checkpoint_every=2000)),
+    "tiny": LDM_PRESETS["tiny"],                                              # seconds: tests and notebooks
+    "cpu": dataclasses.replace(LDM_PRESETS["cpu"], train=dataclasses.replace(LDM_PRESETS["cpu"].train,
+                                                                             steps=2400)),   # shipped
+    "gpu": LDM_PRESETS["gpu"],
 }
 
 
