@@ -53,6 +53,7 @@ class LDMPreset:
     prompt_dropout: float = PROMPT_DROPOUT  # captions replaced by "" (classifier-free guidance)
     partial_prompts: float = PARTIAL_PROMPTS  # captions that name only some attributes (partial prompts)
     latent_pool: int = 0                  # images encoded once up front (0 = encode every batch)
+    snr_gamma: float | None = None        # min-SNR loss weighting (objectives.diffusion_loss); None = plain
 
 
 def _unet_config(base: int, context_dim: int = 0, **kw) -> UNetConfig:
@@ -202,7 +203,7 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, **overrides) -> Job:
 
     def loss_fn(model, batch):
         z0, context, mask = batch
-        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask)
+        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask, snr_gamma=p.snr_gamma)
 
     sample_batch = latent_batch_fn(vae, clip, p.prompt_dropout, vae.config.image_size,
                                    p.latent_pool, pool_seed=cfg.seed + 1, partial_prompts=p.partial_prompts)
