@@ -10,16 +10,26 @@ Read along a column (one token) the weights form a heat map over the image. Two
 small objects use them; the UNet shows them the weights when one is set with
 `UNet.set_attention_store(store)` (inside `with attention_hook(unet, store):`):
 
-    AttentionStore     records them and averages over heads, layers (the 4x4 and 2x2 layers
-                       upsampled to the latent grid) and sampling steps -> maps (N, L, 8, 8),
-                       each token's map normalised to sum 1 over the grid
+    AttentionStore     records them and averages over heads, layers and sampling steps ->
+                       maps (N, L, 8, 8), each token's map normalised to sum 1 over the grid
     AttentionInjector  prompt-to-prompt (Hertz et al. 2022): sampling a source and a target
                        prompt side by side, the target rows take the source rows' weights for
                        the first steps, so the target keeps the source's layout
 
 The injector's `step_done` is the `callback` of samplers.sample: it counts the steps.
 Only the prompt rows are kept: with classifier-free guidance the batch is
-[unconditional; prompts], so the prompts are its last rows.
+[unconditional; prompts], so the prompts are its last rows (the conditional branch, as
+prompt-to-prompt and DAAM read it).
+
+Which layers: the UNet has cross-attention at three resolutions of the 8x8 latent (8x8, 4x4,
+2x2). By default the maps average the layers at least half the latent's side (the 8x8 and 4x4
+ones, down and up path); a 2x2 layer's cell is a quarter of the image, larger than most
+Shapes objects, so upsampled it spreads every word over a quarter of the image and blurs the
+average. Prompt-to-prompt's figures of Stable Diffusion also leave the coarsest (8x8) layers
+out (they average its 16x16 layers, down and up path; DAAM averages all).
+`maps(layers="all")` averages every layer.
+The coarse maps are upsampled to the latent grid by nearest neighbour (each cell's weight
+spread over the pixels it covers); all steps count equally.
 
 Taught in notebooks/09_toolbox.ipynb.
 """
@@ -36,7 +46,7 @@ from .text import PAD_ID, VOCAB, tokenize
 
 class AttentionStore:
     """Sum, layer by layer, the cross-attention weights of the last `num_prompts` rows of every call;
-    `maps()` averages them.
+    `maps()` averages them (by default over `default_layers()`).
 
     num_prompts: the number of prompts (rows kept); latent_size: the side of the grid the
     maps are given on (the lower-resolution layers are upsampled to it, nearest neighbour).
@@ -63,16 +73,24 @@ class AttentionStore:
         """The side of each recorded layer's feature map, in the UNet's order (down, middle, up)."""
         return list(self.sides.values())
 
+    def default_layers(self) -> list[int]:
+        """Indices into resolutions() of the layers at least half the latent's side (8x8 and 4x4
+        for an 8x8 latent): the ones whose cells are smaller than an object (see the module docstring)."""
+        return [i for i, side in enumerate(self.resolutions()) if 2 * side >= self.latent_size]
+
     def maps(self, layers=None) -> torch.Tensor:
         """(n, L, S, S) on the CPU: each token's map averaged over the steps and the layers
-        (all, or the indices `layers` into resolutions()), normalised to sum to 1 over the grid.
+        (None: default_layers(); "all": every layer; or a list of indices into resolutions()),
+        normalised to sum to 1 over the grid.
 
         Padding tokens get no attention (they are masked out), so their maps are all zeros.
         """
         if not self.totals:
             raise ValueError("no attention was recorded: sample with the store set on the UNet")
         per_layer = [self.totals[layer] / self.calls[layer] for layer in self.totals]  # each (n, L, S, S)
-        chosen = per_layer if layers is None else [per_layer[i] for i in layers]
+        if layers is None:
+            layers = self.default_layers()
+        chosen = per_layer if layers == "all" else [per_layer[i] for i in layers]
         mean = (sum(chosen) / len(chosen)).cpu()                              # (n, L, S, S)
         mass = mean.sum(dim=(2, 3), keepdim=True)                             # (n, L, 1, 1)
         return torch.where(mass > 0, mean / mass.clamp_min(1e-12), torch.zeros_like(mean))

@@ -9,10 +9,20 @@ only adapts the model to them. A diffusers scheduler is configured from our own
 DiffusionConfig so that it samples the process our UNet was trained on:
 
     ours                                    diffusers
-    NoiseSchedule(kind, T).beta             trained_betas (the same numbers), num_train_timesteps = T
+    NoiseSchedule(kind, T).beta             trained_betas = our betas[:t_max + 1], num_train_timesteps = t_max + 1
     prediction "eps" / "v"                  prediction_type "epsilon" / "v_prediction"
-    DDIM's trailing timesteps 999, ..., 19  timestep_spacing = "trailing"
+    DDIM's trailing timesteps 999, ..., 19  timestep_spacing = "trailing" (spread evenly over 0..t_max)
     alpha_bar = 1 after the last step       set_alpha_to_one / final_sigmas_type = "zero"
+
+Where sampling starts, t_max: the last timestep with lambda_t = log(sqrt(alpha_bar_t) /
+sqrt(1 - alpha_bar_t)) >= LAMBDA_MIN = -5.1. The cosine schedule's alpha_bar falls to ~2e-9 at
+t = 999 (lambda -9.9): an eps model's z0 there, (x_t - sqrt(1 - alpha_bar) eps) / 5e-5, is noise. The solvers'
+authors stop before it (DPM-Solver's and UniPC's code end their continuous-time cosine schedule
+at T = 0.9946 instead of 1, "T = 1 has numerical issues"; diffusers' DPM-Solver calls the same cut
+lambda_min_clipped, -5.1 in its tests): for our cosine schedule t_max = 995 (alpha_bar 4e-5,
+lambda -5.08), so 10 steps are 995, 895, 796, ..., 99 instead of 999, 899, ..., 99. The linear
+schedule (lambda_999 = -5.06) and Stable Diffusion's scaled-linear one (-2.7) keep t_max = T - 1.
+lambda_min=None gives our DDIM's timesteps exactly (the adapter's test uses it).
 
 `DiffusersSampler` puts a scheduler behind our sampler interface (`timesteps`,
 `step(eps_pred, t, xt)`), so samplers.sample runs it with the pipeline's guided
@@ -49,6 +59,7 @@ SCHEDULERS = {
     "ddim-diffusers": ("DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False, "steps_offset": 0}),
 }
 SAMPLERS = tuple(SCHEDULERS)
+LAMBDA_MIN = -5.1                           # sampling starts at the last t with lambda_t >= this (see above)
 SIGMA_SPACE = ("euler-discrete",)           # schedulers whose sample is x0 + sigma eps
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
@@ -66,10 +77,32 @@ def _diffusers():
     return diffusers
 
 
-def make_scheduler(name: str, diffusion: DiffusionConfig, num_steps: int, prediction: str | None = None):
+def start_timestep(schedule: NoiseSchedule, lambda_min: float | None = LAMBDA_MIN) -> int:
+    """t_max: the last timestep with lambda_t = log(sqrt(alpha_bar_t / (1 - alpha_bar_t))) >= lambda_min
+    (T - 1 when lambda_min is None)."""
+    T = schedule.num_timesteps
+    if lambda_min is None:
+        return T - 1
+    alpha_bar = schedule.alpha_bar_f64
+    lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))                  # (T,) decreasing in t
+    above = (lam >= lambda_min).nonzero()
+    return int(above.max()) if len(above) else 0
+
+
+def trailing_timesteps(t_max: int, num_steps: int) -> torch.Tensor:
+    """num_steps timesteps (long, descending) spread evenly over 0..t_max and ending-aligned, as
+    diffusers' timestep_spacing="trailing" makes them for a process of t_max + 1 timesteps:
+    t_max = 999, 10 steps -> 999, 899, ..., 99 (our DDIM's); t_max = 995 -> 995, 895, 796, ..., 99."""
+    steps = torch.arange(num_steps, dtype=torch.float64)
+    return (torch.round((t_max + 1) - steps * (t_max + 1) / num_steps) - 1).long()
+
+
+def make_scheduler(name: str, diffusion: DiffusionConfig, num_steps: int, prediction: str | None = None,
+                   lambda_min: float | None = LAMBDA_MIN):
     """A diffusers scheduler for our diffusion process, its timesteps set for num_steps steps.
 
     prediction: what the model output given to `step` is ("eps" or "v"); default: diffusion.prediction.
+    lambda_min: sampling starts at start_timestep(schedule, lambda_min); None: at T - 1, like our DDIM.
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown diffusers sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
@@ -79,8 +112,11 @@ def make_scheduler(name: str, diffusion: DiffusionConfig, num_steps: int, predic
                          f"got {prediction!r}")
     class_name, options = SCHEDULERS[name]
     schedule = diffusion.make_schedule()
-    scheduler = getattr(_diffusers(), class_name)(
-        num_train_timesteps=schedule.num_timesteps, trained_betas=schedule.beta.tolist(),
+    t_max = start_timestep(schedule, lambda_min)
+    if num_steps > t_max + 1:
+        raise ValueError(f"{name} starts at t = {t_max}: at most {t_max + 1} steps, got {num_steps}")
+    scheduler = getattr(_diffusers(), class_name)(                     # the process as if it ended at t_max
+        num_train_timesteps=t_max + 1, trained_betas=schedule.beta[:t_max + 1].tolist(),
         prediction_type=PREDICTION_TYPES[prediction], timestep_spacing="trailing", **options)
     scheduler.set_timesteps(num_steps)
     return scheduler
@@ -94,12 +130,14 @@ class DiffusersSampler:
     so make a new DiffusersSampler for every sampling run.
     """
 
-    def __init__(self, name: str, diffusion: DiffusionConfig, num_steps: int = 20, clip_x0=None):
+    def __init__(self, name: str, diffusion: DiffusionConfig, num_steps: int = 20, clip_x0=None,
+                 lambda_min: float | None = LAMBDA_MIN):
         T = diffusion.num_timesteps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be an int in 1..{T}, got {num_steps!r}")
         self.name, self.num_steps = name, num_steps
-        self.scheduler = make_scheduler(name, diffusion, num_steps, prediction="eps")  # eps_fn gives eps
+        self.scheduler = make_scheduler(name, diffusion, num_steps, prediction="eps",   # eps_fn gives eps
+                                        lambda_min=lambda_min)
         self.schedule = NoiseSchedule(diffusion.schedule, T)
         self.clip_x0 = clip_limit(clip_x0)
         self.timesteps = self.scheduler.timesteps.round().long().cpu()                  # (S,) descending

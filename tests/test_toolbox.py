@@ -211,6 +211,19 @@ def test_store_averages_layers_and_steps():
     assert torch.allclose(store.maps(layers=[0])[0, 1], torch.full((8, 8), 1 / 64))
 
 
+def test_store_default_leaves_out_the_layers_coarser_than_half_the_latent():
+    """Of an 8x8 latent's 8x8, 4x4 and 2x2 layers the maps average the 8x8 and 4x4 ones by default."""
+    store = attention_maps.AttentionStore(num_prompts=1, latent_size=8)
+    for side, token in ((8, 1), (4, 1), (2, 2), (2, 2), (4, 1), (8, 1)):     # down, middle, up
+        weights = torch.zeros(1, 1, side * side, 3)
+        weights[..., token] = 1
+        store(f"layer {len(store.totals)}", weights)
+    assert store.resolutions() == [8, 4, 2, 2, 4, 8] and store.default_layers() == [0, 1, 4, 5]
+    assert store.maps()[0, 2].sum() == 0 and torch.allclose(store.maps()[0, 1].sum(), torch.tensor(1.0))
+    assert torch.allclose(store.maps(layers="all")[0, 2].sum(), torch.tensor(1.0))    # every layer: token 2 too
+    assert torch.equal(store.maps(layers=[0, 1, 4, 5]), store.maps())
+
+
 def test_word_index_and_errors(pipe):
     assert attention_maps.word_index(PROMPTS[0], "red") == 3                # <bos> a large red
     with pytest.raises(ValueError, match="not a word of the prompt"):
@@ -280,13 +293,14 @@ def test_adapter_matches_our_ddim(pipe):
     zT = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for num_steps in (5, 20):
         ours = DDIMSampler(pipe.schedule, num_steps, clip_x0=8.0)
-        theirs = ecosystem.DiffusersSampler("ddim-diffusers", pipe.diffusion, num_steps, clip_x0=8.0)
+        theirs = ecosystem.DiffusersSampler("ddim-diffusers", pipe.diffusion, num_steps, clip_x0=8.0,
+                                            lambda_min=None)                # start at 999, as our DDIM
         assert theirs.timesteps.tolist() == ours.timesteps.tolist()
         a, b = sample(eps_fn, ours, zT, progress=False), sample(eps_fn, theirs, zT, progress=False)
         assert torch.allclose(a, b, atol=1e-4 * float(a.abs().max())), num_steps
         # Euler on x0 + sigma eps with an eps model is DDIM (eta 0) in other coordinates
         euler = sample(eps_fn, ecosystem.DiffusersSampler("euler-discrete", pipe.diffusion, num_steps,
-                                                          clip_x0=8.0), zT, progress=False)
+                                                          clip_x0=8.0, lambda_min=None), zT, progress=False)
         assert torch.allclose(a, euler, atol=1e-3 * float(a.abs().max())), num_steps
 
 
@@ -299,6 +313,37 @@ def test_scheduler_is_configured_from_our_diffusion_config():
     assert scheduler.timesteps.tolist() == DDIMSampler(diffusion.make_schedule(), 10).timesteps.tolist()
     with pytest.raises(ValueError, match="unknown diffusers sampler"):
         ecosystem.make_scheduler("plms", diffusion, 10)
+
+
+def test_trailing_timesteps_are_our_ddims_from_999():
+    schedule = DiffusionConfig().make_schedule()
+    for num_steps in (5, 10, 20, 50, 1000):
+        assert ecosystem.trailing_timesteps(999, num_steps).tolist() == DDIMSampler(schedule, num_steps).timesteps.tolist()
+    assert ecosystem.trailing_timesteps(995, 10).tolist() == [995, 895, 796, 696, 597, 497, 397, 298, 198, 99]
+
+
+def test_solvers_start_where_lambda_reaches_lambda_min():
+    """Cosine: lambda_999 = -9.9, so the solvers start at 995, the last t with lambda >= -5.1;
+    the linear schedule (lambda_999 = -5.06) keeps 999; lambda_min=None always gives T - 1."""
+    cosine = DiffusionConfig(schedule="cosine").make_schedule()
+    alpha_bar = cosine.alpha_bar_f64
+    lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))
+    t_max = ecosystem.start_timestep(cosine)
+    assert t_max == 995 and lam[t_max] >= ecosystem.LAMBDA_MIN > lam[t_max + 1]
+    assert ecosystem.start_timestep(DiffusionConfig(schedule="linear").make_schedule()) == 999
+    assert ecosystem.start_timestep(cosine, lambda_min=None) == 999
+
+
+@needs_diffusers
+@pytest.mark.parametrize("name", ecosystem.SAMPLERS)
+def test_each_scheduler_starts_at_t_max_with_our_alpha_bars(name):
+    diffusion = DiffusionConfig(schedule="cosine")
+    for num_steps in (5, 10, 20, 50):
+        sampler = ecosystem.DiffusersSampler(name, diffusion, num_steps)
+        assert sampler.timesteps.tolist() == ecosystem.trailing_timesteps(995, num_steps).tolist()
+    scheduler = ecosystem.make_scheduler(name, diffusion, 10)
+    assert torch.allclose(scheduler.alphas_cumprod.double(), diffusion.make_schedule().alpha_bar_f64[:996], rtol=1e-4)
+    assert ecosystem.make_scheduler(name, diffusion, 10, lambda_min=None).timesteps[0] == 999
 
 
 @needs_diffusers

@@ -12,7 +12,8 @@ tool, and lets the judge (data/judge.py) read the result:
     editing_test           change only the colour, or only the shape, of rendered images: plain
                            img2img (a strength sweep), DDIM inversion, prompt-to-prompt
     sampler_table          all-four accuracy vs steps for our DDIM and diffusers' solvers
-    first_step_test        10-step DDIM starting at t = 999 (as all samplers do) or at t = 979
+    first_step_test        10-step DDIM starting at t = 999 (as our DDIM does), 995 (as the diffusers
+                           solvers do, ecosystem.LAMBDA_MIN) or 979
 
     python -m minildm evaluate toolbox [--quick] [--json docs/toolbox.json]
     python -c "from minildm.recipes import toolbox; print(toolbox.evaluate(parts=['inpainting']))"
@@ -214,8 +215,10 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
 
     A map spread evenly gives 1; a map inside the object gives 1 / share. Only the images
     the judge reads right (all four attributes) are used, so the region is the prompt's object.
-    The maps are those of pipe(..., return_attention=True) (all cross-attention layers); the
-    same ratios for each layer alone are under "per_layer" (resolution, color, shape).
+    The maps are those of pipe(..., return_attention=True) (AttentionStore.maps(): the default
+    layers, at least half the latent's side, listed under "layers"); the same ratios averaged
+    over every layer are under "all_layers", and for each layer alone under "per_layer"
+    (resolution, color, shape).
     """
     rng = np.random.default_rng(seed)
     labels = shapes.sample_labels(n, "train", rng)
@@ -242,11 +245,15 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
                                    / share[i]) for i in range(n) if right[i]])
 
     maps = torch.cat([store.maps() for store in stores])
-    result = {"count": n, "judged_right": int(right.sum()), "mean_object_share": round(float(share[right].mean()), 4)}
+    all_layers = torch.cat([store.maps(layers="all") for store in stores])
+    result = {"count": n, "judged_right": int(right.sum()), "mean_object_share": round(float(share[right].mean()), 4),
+              "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()], "all_layers": {}}
     for kind in words:
         r = ratios(maps, kind)
         result[kind] = {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
                         "at_least_2x": _rate(r >= 2)}
+        r = ratios(all_layers, kind)
+        result["all_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "at_least_2x": _rate(r >= 2)}
     result["per_layer"] = []
     for index, side in enumerate(stores[0].resolutions()):
         layer_maps = torch.cat([store.maps(layers=[index]) for store in stores])
@@ -308,14 +315,16 @@ def sampler_table(pipe: LatentDiffusionPipeline, samplers=("ddim",) + ecosystem.
                                                 seed=i, sampler=name), len(prompts), batch_size)
             graded = grade_conditional(images, labels)
             table.setdefault(name, {})[num_steps] = {"all_four": graded["all_four"], "clean": graded["clean"],
+                                                     "first_t": int(pipe.make_sampler(name, num_steps).timesteps[0]),
                                                      "seconds": round(time.perf_counter() - t0, 1)}
     return {"count": len(prompts), "guidance_scale": guidance_scale, "table": table}
 
 
-def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 979), num_steps: int = 10, n: int = 90,
+def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_steps: int = 10, n: int = 90,
                     guidance_scale: float = 3.0, seed: int = 0) -> dict:
-    """Why few steps fail: our DDIM over num_steps evenly spaced timesteps from `first` down, for
-    each first timestep, on the sampler table's captions and one starting noise -> all-four accuracy.
+    """Why few steps fail: our DDIM over num_steps timesteps spread evenly over 0..first
+    (ecosystem.trailing_timesteps: for 995 the diffusers solvers' own timesteps), for each first
+    timestep, on the sampler table's captions and one starting noise -> all-four accuracy.
 
     At t = 999 the cosine schedule's alpha_bar is ~2e-9: the eps model's z0 there is noise,
     clipped to +-clip_x0, and the next timestep keeps sqrt(alpha_bar) of it.
@@ -329,8 +338,7 @@ def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 979), num_steps:
     result = {"count": len(labels), "num_steps": num_steps}
     for first in firsts:
         sampler = pipe.make_sampler("ddim", num_steps)
-        spacing = pipe.schedule.num_timesteps / num_steps
-        sampler.timesteps = torch.round(first - torch.arange(num_steps) * spacing).long()   # first, ..., descending
+        sampler.timesteps = ecosystem.trailing_timesteps(first, num_steps)                 # first, ..., descending
         images = pipe.decode_latents(sample(eps_fn, sampler, zT, progress=False)).cpu()
         result[f"first_t_{first}"] = {"timesteps": sampler.timesteps.tolist(),
                                       **{k: v for k, v in grade_conditional(images, labels).items()
