@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=_positive_int, help="training steps per cell (default 500)")
     q.add_argument("--cell", action="append", help="run only this cell, e.g. dit-cross/flow (repeatable)")
     q.add_argument("--timing-only", action="store_true", help="only re-measure the step times (interleaved)")
+    q.add_argument("--minutes", type=_positive_float,
+                   help="equal time instead of equal images: each cell gets the steps its denoiser's "
+                        "interleaved step time fits into this many minutes (default cells: the six main ones)")
     q.add_argument("--json", help="write the JSON here (a re-run cell is merged into it)")
     q.set_defaults(func=cmd_compare)
 

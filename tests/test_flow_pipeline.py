@@ -138,6 +138,23 @@ def test_compare_one_cell_and_table(tmp_path):
         compare.parse_cell("dit/flow")
 
 
+def test_compare_equal_minutes_gives_the_faster_denoiser_more_steps(tmp_path, monkeypatch):
+    cfg = compare.CompareConfig(batch_size=4, warmup_steps=5, latent_pool=8, sweep_steps=(1,), sweep_captions=2,
+                                full_steps=0, sample_captions=1, sample_steps=(1,))
+    measured = {"unet": {"ms_per_step": 1000.0, "images_per_second": 4.0},   # as if measured in turns
+                "dit-cross": {"ms_per_step": 500.0, "images_per_second": 8.0}}
+    monkeypatch.setattr(compare, "interleaved_timing", lambda cfg, sample_batch: measured)
+    out = compare.compare_denoisers(cfg, ["unet/flow", "dit-cross/eps"], json_path=tmp_path / "m.json",
+                                    minutes=0.05)                 # 3 s: 3 UNet steps, 6 DiT steps
+    unet, dit = out["cells"]["unet/flow"], out["cells"]["dit-cross/eps"]
+    assert (unet["steps"], dit["steps"]) == (3, 6) and (unet["images_seen"], dit["images_seen"]) == (12, 24)
+    assert unet["budget_ms_per_step"] == 1000.0 and dit["budget_minutes"] == 0.05 and dit["warmup_steps"] == 1
+    assert out["config"]["minutes"] == 0.05 and out["config"]["steps"] is None and out["timing"] == measured
+    assert "| 6 | 24 |" in compare.markdown_table(out)
+    assert compare.steps_for_minutes(2, 124.1, 50) == (966, 50)     # floor(120 s / 0.1241 s), warm-up kept
+    assert compare.steps_for_minutes(0.02, 60.0, 50) == (20, 2)
+
+
 def test_cli_generate_with_the_wrong_sampler(pipe, tmp_path, capsys):
     pipe.save_pretrained(tmp_path, name="flow")
     code = main(["generate", "a red circle", "-n", "1", "--steps", "2", "--weights", str(tmp_path / "flow"),

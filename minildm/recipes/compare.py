@@ -4,6 +4,7 @@
     python -m minildm compare denoisers --cell dit-cross/flow           # one cell alone: the same numbers
     python -m minildm compare denoisers --quick                         # a smoke test (a minute)
     python -m minildm compare denoisers --timing-only --json docs/results_flow.json   # only the step times
+    python -m minildm compare denoisers --minutes 2 --json docs/results_flow_minutes.json   # equal time
 
 Cells: {UNet, DiT-cross, DiT-joint} x {eps + DDIM (SD1), rectified flow + Euler (SD3)}, one
 flow cell with uniform instead of logit-normal s, and two cells with the v target (lesson 02)
@@ -20,6 +21,18 @@ shipped LDM; DiT width 128, depth 4, 2x2 patches). Measured per cell:
     the judge's all-four-correct versus sampling steps (1, 2, 4, 8, 16, 50) on a fixed subset of
     captions (one seed), and at 50 steps on all 324 canonical captions, seen and held-out apart;
     a few sample images at 2, 8 and 50 steps (stored next to the JSON for the notebook's grids).
+
+The same budget can mean the same images seen (above: cfg.steps for every cell) or the same
+minutes of training (--minutes M: the six main cells). A DiT step is cheaper than a UNet step,
+so at equal minutes it sees more images. On a shared machine a wall-clock limit per cell would
+not be fair: the other jobs' load changes between one cell and the next, and a cell trained
+while the machine was busy would get fewer steps for that alone. So the minutes are turned into
+steps through interleaved_timing, run first, whose turns expose the three denoisers to the same
+load: each cell gets floor(M * 60 / its denoiser's median seconds per step) steps, and the rest
+is as above (batch, warm-up, EMA, data stream, seed; the cosine schedule ends at the cell's own
+last step). Each cell records its steps, images seen, the ms/step its budget used and M; its own
+training time (train_seconds, ms_per_step) is recorded too, so what the cells really took can
+be set against the budget. A cell re-run alone reuses the file's timing: the same steps.
 
 Taught in notebooks/08_sd3.ipynb.
 """
@@ -42,6 +55,7 @@ from .ldm import PROMPT_DROPOUT, _frozen_part, encode_pool, latent_batch_fn
 
 CELLS = ("unet/eps", "unet/flow", "dit-cross/eps", "dit-cross/flow", "dit-joint/eps", "dit-joint/flow",
          "dit-cross/flow-uniform", "unet/v", "dit-cross/v")
+MAIN_CELLS = CELLS[:6]                 # {UNet, DiT-cross, DiT-joint} x {eps, flow}: the equal-minutes default
 
 
 @dataclass
@@ -157,21 +171,31 @@ def interleaved_timing(cfg: CompareConfig, sample_batch) -> dict:
     return out
 
 
-def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_path=None, timing: bool = True) -> dict:
+def steps_for_minutes(minutes: float, ms_per_step: float, warmup_steps: int) -> tuple[int, int]:
+    """(steps, warm-up steps) that fit `minutes` at `ms_per_step`; the warm-up as train.steps_for_budget."""
+    steps = max(1, int(60_000 * minutes / ms_per_step + 1e-6))     # floor (1.2 / 0.1 is 11.999...)
+    return steps, min(warmup_steps, max(1, steps // 10))
+
+
+def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_path=None, timing: bool = True,
+                      minutes: float = 0.0) -> dict:
     """Run `cells` at cfg's budget, then (timing) interleaved_timing; with json_path, write the JSON
     (merged into an existing file's cells, so one cell can be re-run alone) and the sample images
-    next to it (*_samples.safetensors)."""
+    next to it (*_samples.safetensors). minutes > 0: equal time instead of equal images - the
+    timing first, then each cell trains for steps_for_minutes(minutes, its denoiser's ms/step)."""
     cells = list(cells)
     for name in cells:
         parse_cell(name)                                      # fail before any training
     shown = eval_labels(cfg.sweep_captions, cfg.seed)[:cfg.sample_captions]           # the samples' captions
-    out = {"config": json.loads(json.dumps(asdict(cfg))), "cells": {},
+    everything = MAIN_CELLS if minutes else CELLS            # what a run without --cell trains
+    config = asdict(cfg) if not minutes else {**asdict(cfg), "steps": None, "minutes": minutes}
+    out = {"config": json.loads(json.dumps(config)), "cells": {},
            "sample_captions": [shapes.caption(l) for l in shown]}
     samples = {}
     if json_path and Path(json_path).exists():
         previous = json.loads(Path(json_path).read_text())
         budget = lambda config: {k: v for k, v in config.items() if k != "timing_rounds"}
-        if budget(previous.get("config", {})) != budget(out["config"]) and set(cells) != set(CELLS):
+        if budget(previous.get("config", {})) != budget(out["config"]) and not set(cells) >= set(everything):
             raise ValueError(f"{json_path} holds cells trained at another budget; re-run every cell "
                              f"(no --cell) or write to another --json")
         if budget(previous.get("config", {})) == budget(out["config"]):   # same budget: keep the other cells
@@ -192,14 +216,25 @@ def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_pa
     if any(parse_cell(name)[1] != "flow" for name in cells):                 # eps, v cells clip as recipes/ldm.py
         probe = encode_pool(vae, 512, seed=cfg.seed + 2, image_size=vae.config.image_size)[0]
         clip_x0 = round(float(probe.abs().max()) * flow.LATENT_CLIP_MARGIN, 2)
+    reuse = out.get("timing") and cells and not set(cells) >= set(everything)   # a cell re-run alone: same steps
+    if minutes and not reuse:                                 # equal time: the step times decide the steps
+        print("== interleaved timing of one training step (sets each cell's steps) ==", flush=True)
+        out["timing"] = interleaved_timing(cfg, sample_batch)
     for name in cells:
-        t0 = time.perf_counter()
-        print(f"== {name} ({cfg.steps} steps x {cfg.batch_size}) ==", flush=True)
-        out["cells"][name], samples[name] = run_cell(name, cfg, sample_batch, clip_x0)
+        t0, cell_cfg = time.perf_counter(), cfg
+        if minutes:
+            ms = out["timing"][parse_cell(name)[0]]["ms_per_step"]
+            steps, warmup = steps_for_minutes(minutes, ms, cfg.warmup_steps)
+            cell_cfg = CompareConfig(**{**asdict(cfg), "steps": steps, "warmup_steps": warmup})
+        print(f"== {name} ({cell_cfg.steps} steps x {cfg.batch_size}) ==", flush=True)
+        out["cells"][name], samples[name] = run_cell(name, cell_cfg, sample_batch, clip_x0)
         out["cells"][name]["cell_seconds"] = round(time.perf_counter() - t0, 1)
+        if minutes:
+            out["cells"][name].update(steps=steps, warmup_steps=warmup, budget_minutes=minutes,
+                                      budget_ms_per_step=ms)
         if json_path:
             write(out, samples, json_path)
-    if timing:
+    if timing and not minutes:
         print("== interleaved timing of one training step ==", flush=True)
         out["timing"] = interleaved_timing(cfg, sample_batch)
         if json_path:
@@ -219,13 +254,15 @@ def write(out: dict, samples: dict, json_path) -> None:
 def markdown_table(out: dict) -> str:
     """The comparison as a markdown table: one row per cell."""
     steps, timing = out["config"]["sweep_steps"], out.get("timing") or {}
-    head = (["cell", "params", "GFLOP/step", "ms/step", "img/s"] + [f"{n} st." for n in steps]
-            + ["seen (324, 50 st.)", "held-out (50 st.)"])
+    minutes = out["config"].get("minutes")                    # equal time: each cell's steps and images
+    head = (["cell", "params", "GFLOP/step", "ms/step", "img/s"] + (["steps", "images"] if minutes else [])
+            + [f"{n} st." for n in steps] + ["seen (324, 50 st.)", "held-out (50 st.)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in out["cells"].items():
         full, speed = row.get("full"), timing.get(row["denoiser"], row)   # interleaved timing when measured
         cells = ([f"{name} ({row['sampler']})", f"{row['parameters'] / 1e6:.2f}M", f"{row['gflops_per_step']:.2f}",
                   f"{speed['ms_per_step']:.0f}", f"{speed['images_per_second']:.0f}"]
+                 + ([f"{row['steps']}", f"{row['images_seen']:,}"] if minutes else [])
                  + [f"{100 * row['sweep'][str(n)]['all']:.0f}%" for n in steps]
                  + ([f"{100 * full['seen']['all_four']:.1f}%", f"{100 * full['held_out']['all_four']:.1f}%"]
                     if full else ["", ""]))
@@ -234,11 +271,16 @@ def markdown_table(out: dict) -> str:
 
 
 def main(args) -> dict:
-    """`python -m minildm compare denoisers [--quick] [--steps N] [--cell NAME ...] [--timing-only] [--json FILE]`."""
+    """`python -m minildm compare denoisers [--quick] [--steps N | --minutes M] [--cell NAME ...] [--timing-only]
+    [--json FILE]`."""
     cfg = QUICK if args.quick else CompareConfig()
+    minutes = getattr(args, "minutes", None) or 0.0
+    if args.steps and minutes:
+        raise ValueError("--steps (the same images) and --minutes (the same time) set the budget two ways; "
+                         "choose one")
     if args.steps:
         cfg = CompareConfig(**{**asdict(cfg), "steps": args.steps})
-    cells = [] if args.timing_only else (args.cell or CELLS)
-    out = compare_denoisers(cfg, cells, args.json)
+    cells = [] if args.timing_only else (args.cell or (MAIN_CELLS if minutes else CELLS))
+    out = compare_denoisers(cfg, cells, args.json, minutes=minutes)
     print(markdown_table(out))
     return out
