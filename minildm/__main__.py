@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the JSON to this file")
     p.add_argument("--gpu-check", action="store_true",
                    help="the prepared first run on a GPU: gpu presets in bf16 and compiled, judged sampling")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice); run once with 1 and once with 2 to compare")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare", help="side-by-side experiments; prints a table, writes JSON")

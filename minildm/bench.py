@@ -300,8 +300,13 @@ def markdown(results: dict) -> str:
 
 
 def main(args) -> dict:
-    """`python -m minildm bench [--quick] [--device D] [--json FILE] [--gpu-check]`."""
+    """`python -m minildm bench [--quick] [--device D] [--threads N] [--json FILE] [--gpu-check]`."""
     torch.manual_seed(0)
+    threads = getattr(args, "threads", 0) or 0
+    if threads < 0 or threads > (os.cpu_count() or 1):
+        raise ValueError(f"--threads must be between 1 and this machine's {os.cpu_count()} CPUs, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
     if getattr(args, "gpu_check", False):
         device = getattr(args, "device", "auto")
         results = gpu_check("cuda" if device == "auto" and torch.cuda.is_available() else

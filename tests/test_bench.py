@@ -70,3 +70,15 @@ def test_gpu_check_runs_its_code_path_on_the_cpu():
         assert row["bf16"]["images_per_s"] > 0 and 0 < row["bf16"]["utilisation"] < 2
         assert "GPU run only" in row["bf16+compile"]["skipped"]             # no C++ compile on a CPU
     assert out["sampling"]["images"] == 108 and 0 <= out["sampling"]["all_four"] <= 1
+
+
+def test_bench_threads_outside_the_machine_is_a_clear_error():
+    import argparse
+    import os
+
+    import pytest
+
+    from minildm import bench
+    for threads in (-1, (os.cpu_count() or 1) + 1):
+        with pytest.raises(ValueError, match="--threads must be between 1 and"):
+            bench.main(argparse.Namespace(threads=threads, quick=True))

@@ -95,7 +95,7 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, **overrides) -> Job:
 
     def loss_fn(model, batch):
         z0, context, mask = batch
-        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask)
+        return diffusion_loss(model, schedule, z0, context=context, context_mask=mask, snr_gamma=p.snr_gamma)
 
     sample_batch = latent_batch_fn(vae, clip, p.prompt_dropout, vae.config.image_size, p.latent_pool,
                                    pool_seed=cfg.seed + 1, dataset=scenes,
