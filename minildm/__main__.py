@@ -10,6 +10,7 @@
     python -m minildm evaluate toolbox              inpainting, attention, editing, samplers (lesson 09)
     python -m minildm bench
     python -m minildm compare denoisers [--quick]   UNet vs DiT x eps vs rectified flow (lesson 08)
+    python -m minildm compare attention [--quick]   DiT cross vs joint attention: binding (lesson 10)
     python -m minildm course student-edition OUT_DIR
     python -m minildm data preview --out shapes.png
 
@@ -184,7 +185,10 @@ def cmd_bench(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .recipes.compare import main as compare_main
+    if args.compare_command == "attention":
+        from .recipes.scenes_attention import main as compare_main
+    else:
+        from .recipes.compare import main as compare_main
     _check_json_out(args)
     compare_main(args)
 
@@ -300,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="equal time instead of equal images: each cell gets the steps its denoiser's "
                         "interleaved step time fits into this many minutes (default cells: the six main ones)")
     q.add_argument("--json", help="write the JSON here (a re-run cell is merged into it)")
+    q.set_defaults(func=cmd_compare)
+    q = compare_sub.add_parser("attention", help="DiT-cross vs DiT-joint on two-object scenes: binding accuracy "
+                                                 "at one training budget (lesson 10, issue 16)")
+    q.add_argument("--quick", action="store_true", help="a few steps and captions (a smoke test)")
+    q.add_argument("--steps", type=_positive_int, help="training steps per denoiser (default 1000)")
+    q.add_argument("--json", help="write the JSON here")
     q.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("course", help="course tools for instructors")
