@@ -412,3 +412,31 @@ def test_cli_evaluate_toolbox_dispatches(tmp_path, capsys):
     assert "pipeline folder not found" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown toolbox parts"):
         toolbox.evaluate(parts=["fast"])
+
+
+# ----------------------------------------------------------------------------
+# Partial prompts (issue 19 item 2)
+
+def test_normalised_entropy_is_one_for_uniform_and_zero_for_constant():
+    assert toolbox.normalised_entropy(torch.arange(6).repeat(5), 6) == 1.0
+    assert toolbox.normalised_entropy(torch.full((30,), 2), 6) == 0.0
+    half = toolbox.normalised_entropy(torch.tensor([0, 1] * 10), 4)   # two of four values: log 2 / log 4
+    assert abs(half - 0.5) < 1e-4
+
+
+def test_partial_cases_name_what_they_keep_and_are_known_words():
+    prompts = [shapes.partial_caption(torch.tensor(values), keep) for keep, values in toolbox.PARTIAL_CASES]
+    assert prompts[0] == "a red circle" and prompts[1] == "a large square on the left"
+    assert len(set(prompts)) == len(prompts)
+    for (keep, values), prompt in zip(toolbox.PARTIAL_CASES, prompts):
+        named = dict(zip(shapes.ATTRIBUTES, values))
+        assert (shapes.SHAPES[named["shape"]] in prompt.split()) == ("shape" in keep)
+        assert (shapes.COLOR_NAMES[named["color"]] in prompt.split()) == ("color" in keep)
+
+
+def test_partial_prompt_test_reports_named_and_unnamed(pipe):
+    result = toolbox.partial_prompt_test(pipe, cases=toolbox.PARTIAL_CASES[:2], n=4, num_steps=2, batch_size=4)
+    assert set(result["prompts"]) == {"a red circle", "a large square on the left"}
+    row = result["prompts"]["a red circle"]
+    assert set(row["unnamed_entropy"]) == {"size", "position"} and 0 <= row["named_right"] <= 1
+    assert 0 <= result["min_unnamed_entropy"] <= result["mean_unnamed_entropy"] <= 1
