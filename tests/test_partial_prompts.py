@@ -1,11 +1,14 @@
 """Partial prompts: captions that leave attributes out, and how training makes them."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from minildm.data import shapes
 from minildm.recipes.ldm import captions_for_training
-from minildm.text import tokenize
+from minildm.text import VOCAB_SIZE, tokenize
+from minildm.weights_io import PACKAGE_WEIGHTS
 
 
 def test_partial_caption_names_only_what_it_keeps():
@@ -43,3 +46,24 @@ def test_without_partial_prompts_the_data_stream_is_the_old_one():
     drop = rng_old.random(64) < 0.1
     old = ["" if d else c for d, c in zip(drop, old)]
     assert captions_for_training(labels, rng_new, 0.1, 0.0) == old
+
+
+PARTIAL_SHIPPED = (PACKAGE_WEIGHTS / "partial" / "ldm" / "pipeline.json").exists()
+
+
+@pytest.mark.skipif(not PARTIAL_SHIPPED, reason="the shipped partial-prompt model is not trained yet")
+def test_shipped_partial_model_loads_with_its_own_clip_and_follows_named_attributes():
+    from minildm.data.judge import judge
+    from minildm.pipeline import LatentDiffusionPipeline
+    from minildm.recipes import ldm
+    torch.set_num_threads(1)
+    pipe = LatentDiffusionPipeline.from_pretrained("partial")
+    assert pipe.sources["clip"] == PACKAGE_WEIGHTS / "partial" / "clip"      # knows "shape"; lesson 06's does not
+    assert pipe.clip.config.vocab_size == VOCAB_SIZE
+    training = json.loads((PACKAGE_WEIGHTS / "partial" / "ldm" / "training.json").read_text())
+    preset = ldm.PRESETS["partial"]
+    assert training["preset"] == "partial" and training["steps"] == preset.train.steps
+    assert preset.partial_prompts > 0 and preset.snr_gamma
+    images = pipe(["a red shape"] * 12, num_steps=20, seed=0)                    # colour named, shape not
+    read = judge(images)["labels"]
+    assert (read[:, 1] == shapes.COLOR_NAMES.index("red")).float().mean() >= 0.75   # chance: 1/6
