@@ -440,3 +440,14 @@ def test_partial_prompt_test_reports_named_and_unnamed(pipe):
     row = result["prompts"]["a red circle"]
     assert set(row["unnamed_entropy"]) == {"size", "position"} and 0 <= row["named_right"] <= 1
     assert 0 <= result["min_unnamed_entropy"] <= result["mean_unnamed_entropy"] <= 1
+
+
+def test_negative_prompt_test_reports_the_most_frequent_colour_and_each_negative(pipe):
+    result = toolbox.negative_prompt_test(pipe, n=4, num_steps=2, batch_size=4, negatives=("red", None))
+    most = result["most_frequent_color"]
+    assert sum(result["without"]["color_counts"].values()) == 4
+    assert result["without"]["color_counts"][most] == max(result["without"]["color_counts"].values())
+    assert set(result["with"]) == {"red", most}
+    for negative, row in result["with"].items():
+        assert row["rate_before"] == result["without"]["color_counts"][negative] / 4
+        assert row["rate_after"] == row["color_counts"][negative] / 4

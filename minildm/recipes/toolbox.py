@@ -132,27 +132,38 @@ def inpainting_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int 
 
 
 def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large circle in the center",
-                         named: dict | None = None, negative: str = "red", n: int = 100,
+                         named: dict | None = None, negatives=("red", None), n: int = 100,
                          num_steps: int = 50, guidance_scale: float = 3.0, batch_size: int = 100) -> dict:
-    """n seeds of a prompt with and without negative_prompt: how often the judge reads the
-    negative word's colour, and how often the named attributes are right.
+    """n seeds of a prompt that leaves the colour open, without and with each negative prompt:
+    how often the judge reads the negative colour, and how often the named attributes are right.
 
-    named: the attributes the prompt names (default: those of "a large circle in the center").
-    Meaningful on a model trained on partial prompts (the shipped "partial" one, evaluate()'s default).
+    negatives: colour words; None stands for the colour the prompt gets most often without a
+    negative prompt (the one a user would want to be rid of: guidance makes an open attribute
+    collapse towards one value). named: the attributes the prompt names (default: those of
+    "a large circle in the center"). Meaningful on a model trained on partial prompts (the
+    shipped "partial" one, evaluate()'s default).
     """
     named = named or {"shape": "circle", "size": "large", "position": "center"}
-    result = {"prompt": prompt, "negative_prompt": negative, "count": n}
-    for key, neg in (("without", None), ("with", negative)):
+
+    def run(negative):
         images = _batched(lambda i, j: pipe([prompt] * (j - i), num_steps=num_steps, guidance_scale=guidance_scale,
-                                            seed=i, negative_prompt=neg), n, batch_size)
-        read = judge(images)["labels"]
+                                            seed=i, negative_prompt=negative), n, batch_size)
+        read = judge(images)["labels"]                                            # (n, 4)
         right = torch.ones(n, dtype=torch.bool)
         for attribute, value in named.items():
-            index = shapes.ATTRIBUTES.index(attribute)
-            right &= read[:, index] == shapes.ATTRIBUTE_VALUES[attribute].index(value)
-        result[key] = {f"{negative}_rate": _rate(read[:, 1] == shapes.COLOR_NAMES.index(negative)),
-                       "named_attributes_right": _rate(right),
-                       "color_counts": dict(zip(shapes.COLOR_NAMES, torch.bincount(read[:, 1], minlength=6).tolist()))}
+            right &= read[:, shapes.ATTRIBUTES.index(attribute)] == shapes.ATTRIBUTE_VALUES[attribute].index(value)
+        counts = torch.bincount(read[:, 1], minlength=len(shapes.COLOR_NAMES))
+        return {"named_attributes_right": _rate(right), "color_counts": dict(zip(shapes.COLOR_NAMES, counts.tolist()))}
+
+    without = run(None)
+    most = max(without["color_counts"], key=without["color_counts"].get)
+    result = {"prompt": prompt, "count": n, "most_frequent_color": most, "without": without, "with": {}}
+    for negative in negatives:
+        negative = negative or most
+        row = run(negative)
+        row["rate_before"] = round(without["color_counts"][negative] / n, 4)
+        row["rate_after"] = round(row["color_counts"][negative] / n, 4)
+        result["with"][negative] = row
     return result
 
 
