@@ -43,20 +43,22 @@ from ..unet import UNet
 from ..weights_io import PACKAGE_WEIGHTS
 from . import Job, get_preset, read_training_json, train_config, write_training_json
 from .ldm import PRESETS as LDM_PRESETS
-from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, _frozen_part, encode_pool,
+from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, SNR_GAMMA, _frozen_part, encode_pool,
                   latent_batch_fn)
 from .scenes_clip import FOLDER as CLIP_FOLDER
 
 NAME = "scenes"                 # the pipeline folder: out_dir/scenes/{ldm, clip}
 
-# The latent UNet recipes of lesson 06, unchanged but for the cpu preset's length: binding kept
-# rising with steps (docs/results_scenes.json, binding_by_step). Measured on a shared 2-core machine
-# (1 thread, load ~7): 1200 steps in 23.1 min, then resumed to 2400 in 18.8 min. The gpu preset trains
-# at 64 x 64 with a 64 x 64 VAE and CLIP in the same out_dir (train vae / scenes_clip --preset gpu first).
+# The latent UNet recipes of lesson 06, but for the cpu preset's length (binding kept rising with
+# steps: docs/results_scenes.json, binding_by_step_plain) and its min-SNR-5 loss weighting, which
+# lifted binding from 85.8% to 93.7% on seen captions at the same 2,400 steps (docs/results_scenes.md).
+# Measured from scratch: 33.7 min wall on one thread of a shared 2-core machine (load 3-5); about
+# 10 min on the idle machine with 2 threads (248 ms per step, docs/results_bench.md). The gpu preset
+# trains at 64 x 64 with a 64 x 64 VAE and CLIP in the same out_dir (train vae / scenes_clip first).
 PRESETS = {
     "tiny": LDM_PRESETS["tiny"],                                              # seconds: tests and notebooks
-    "cpu": dataclasses.replace(LDM_PRESETS["cpu"], train=dataclasses.replace(LDM_PRESETS["cpu"].train,
-                                                                             steps=2400)),   # shipped
+    "cpu": dataclasses.replace(LDM_PRESETS["cpu"], snr_gamma=SNR_GAMMA,
+                               train=dataclasses.replace(LDM_PRESETS["cpu"].train, steps=2400)),   # shipped
     "gpu": LDM_PRESETS["gpu"],
 }
 
