@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .recipes import MODELS
 
-PRESETS = ("tiny", "cpu", "gpu")
+PRESETS = ("tiny", "cpu", "partial", "gpu")   # "partial": ldm only (lesson 09's model, minildm/weights/partial)
 STEPS_HELP = "sampling steps (default 50; the ddpm sampler always runs all of the model's T steps)"
 
 
@@ -93,6 +93,11 @@ def cmd_train(args) -> None:
         raise UsageError("--resume continues the run in --run-dir and --overwrite deletes it; choose one")
     if args.device:
         pick_device(args.device)                       # a device this machine lacks: an error now
+    names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
+    for name in names:                                 # every model knows the preset: checked first
+        presets = getattr(_module(name), "PRESETS", None)
+        if presets is not None and args.preset not in presets:
+            raise UsageError(f"unknown preset {args.preset!r} for {name}; allowed: {', '.join(presets)}")
     check_writable_folder(args.out)                    # outputs checked before the training, not after
     check_writable_folder(args.run_dir)
     overrides = {k: v for k, v in {
@@ -101,7 +106,6 @@ def cmd_train(args) -> None:
         "resume": args.resume or None, "overwrite": args.overwrite or None,
         "checkpoint_every": args.checkpoint_every, "minutes": args.minutes,
     }.items() if v is not None}
-    names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
     for name in names:
         module = _module(name)
         print(f"== training {name} (preset {args.preset}) ==", flush=True)
@@ -219,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (or all) and write its weights")
     p.add_argument("model", choices=list(MODELS) + ["all"])
-    p.add_argument("--preset", choices=PRESETS, default="cpu")
+    p.add_argument("--preset", choices=PRESETS, default="cpu",
+                   help="tiny (seconds), cpu (the shipped weights), gpu; partial: ldm only (lesson 09's model)")
     p.add_argument("--out", default="weights", help="folder for the trained weights (one subfolder per model)")
     p.add_argument("--run-dir", default="runs", help="folder for checkpoints and metrics")
     p.add_argument("--steps", type=_positive_int)

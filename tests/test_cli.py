@@ -47,3 +47,11 @@ def test_help_lists_every_command():
     result = run_cli("--help")
     for command in ("demo", "train", "evaluate", "generate", "img2img", "bench", "course", "data"):
         assert command in result.stdout
+
+
+def test_a_preset_only_one_model_has_gives_a_one_line_error_for_the_others(tmp_path, capsys):
+    code = main(["train", "vae", "--preset", "partial", "--out", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'partial' for vae; allowed: tiny, cpu, gpu" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []                                   # nothing written
