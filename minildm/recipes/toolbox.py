@@ -6,7 +6,8 @@ tool, and lets the judge (data/judge.py) read the result:
     inpainting_test        replace the object inside its box (grown by 2 px): prompted attributes
                            read back, PSNR outside the mask
     partial_prompt_test    prompts naming some attributes: named ones right, unnamed ones varied
-    negative_prompt_test   "a large circle in the center" with and without negative_prompt="red"
+    negative_prompt_test   "a large circle in the center" without a negative prompt, and with "red" and
+                           with its most frequent colour (the partial model: it leaves the colour open)
     attention_test         attention mass of colour / shape / size / position words inside the
                            generated object, relative to the object's share of the image
     editing_test           change only the colour, or only the shape, of rendered images: plain
