@@ -222,6 +222,22 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, **overrides) -> Job:
     return run
 
 
+def trained_pipeline(run: Job, model, dataset=shapes) -> LatentDiffusionPipeline:
+    """The trained UNet in a pipeline with the frozen VAE and CLIP that `run` (a job() of this module or
+    of recipes/scenes.py) trained it on: eps prediction on the run's schedule, z0 clipped at
+    LATENT_CLIP_MARGIN x the largest |z0| of 512 training latents of `dataset`, and the fingerprints
+    of the frozen parts (loading warns when they change)."""
+    vae = run.vae
+    probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size, dataset=dataset)[0]
+    diffusion = DiffusionConfig(schedule=run.schedule.kind, num_timesteps=run.schedule.num_timesteps,
+                                prediction="eps", clip_x0=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2))
+    config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
+                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
+                            clip_fingerprint=fingerprint(run.clip_dir))
+    return LatentDiffusionPipeline(vae, run.clip, model.eval(), config,
+                                   sources={"vae": run.vae_dir, "clip": run.clip_dir}, diffusion=diffusion)
+
+
 def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> LatentDiffusionPipeline:
     """Train the latent UNet named "ldm" and write out_dir/ldm/ (see pipeline.py's docstring).
 
@@ -230,16 +246,8 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     """
     p = get_preset(PRESETS, preset)
     run = job(p, run_dir, frozen_dir=out_dir, **overrides)
-    vae = run.vae
     result = train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=NAME)
-    probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size)[0]  # (512, 4, 8, 8)
-    diffusion = DiffusionConfig(schedule=p.schedule, num_timesteps=run.schedule.num_timesteps, prediction="eps",
-                                clip_x0=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2))
-    config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
-                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
-                            clip_fingerprint=fingerprint(run.clip_dir))
-    pipe = LatentDiffusionPipeline(vae, run.clip, result.model.eval(), config,
-                                   sources={"vae": run.vae_dir, "clip": run.clip_dir}, diffusion=diffusion)
+    pipe = trained_pipeline(run, result.model)
     pipe.save_pretrained(out_dir)
     write_training_json(Path(out_dir) / NAME, preset, run.cfg, result, latent_pool=p.latent_pool)
     print(f"wrote {Path(out_dir) / NAME} ({result.steps_run} steps in {result.seconds / 60:.1f} min)")

@@ -35,16 +35,15 @@ import torch
 
 from ..data import scenes
 from ..data.judge import grade_scenes
-from ..objectives import DiffusionConfig, diffusion_loss
-from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint
+from ..objectives import diffusion_loss
+from ..pipeline import LatentDiffusionPipeline
 from ..schedule import NoiseSchedule
 from ..train import pick_device, train
 from ..unet import UNet
 from ..weights_io import PACKAGE_WEIGHTS
 from . import Job, get_preset, read_training_json, train_config, write_training_json
 from .ldm import PRESETS as LDM_PRESETS
-from .ldm import (LATENT_CLIP_MARGIN, PROMPT_DROPOUT, SNR_GAMMA, _frozen_part, encode_pool,
-                  latent_batch_fn)
+from .ldm import PROMPT_DROPOUT, SNR_GAMMA, _frozen_part, latent_batch_fn, trained_pipeline
 from .scenes_clip import FOLDER as CLIP_FOLDER
 
 NAME = "scenes"                 # the pipeline folder: out_dir/scenes/{ldm, clip}
@@ -114,16 +113,8 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     CLIP came from elsewhere). Returns the pipeline."""
     p = get_preset(PRESETS, preset)
     run = job(p, run_dir, frozen_dir=out_dir, **overrides)
-    vae = run.vae
     result = train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=NAME)
-    probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size, dataset=scenes)[0]
-    diffusion = DiffusionConfig(schedule=p.schedule, num_timesteps=run.schedule.num_timesteps, prediction="eps",
-                                clip_x0=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2))
-    config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
-                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
-                            clip_fingerprint=fingerprint(run.clip_dir))
-    pipe = LatentDiffusionPipeline(vae, run.clip, result.model.eval(), config,
-                                   sources={"vae": run.vae_dir, "clip": run.clip_dir}, diffusion=diffusion)
+    pipe = trained_pipeline(run, result.model, dataset=scenes)
     folder = Path(out_dir) / NAME
     pipe.save_pretrained(folder)
     write_training_json(folder / "ldm", preset, run.cfg, result, latent_pool=p.latent_pool)
