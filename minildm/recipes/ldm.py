@@ -76,11 +76,6 @@ PRESETS = {
         train=TrainConfig(steps=1500, batch_size=128, lr=1.5e-3, warmup_steps=100, ema_decay=0.995,
                           log_every=25, checkpoint_every=250),
         latent_pool=16384),
-    # the lesson 09 model minildm/weights/partial/ (ldm/ and its own clip/, which knows "shape"):
-    # 30% of the captions name only some attributes, min-SNR-5 loss weighting, otherwise "cpu"
-    #   python -m minildm train clip --preset cpu --out minildm/weights/partial
-    #   python -m minildm train ldm --preset partial --out minildm/weights/partial
-    "partial": None,   # filled in below from "cpu"
     # a GPU: wider, longer, bf16, fresh images every batch (16x16 latents of the gpu VAE)
     "gpu": LDMPreset(
         model=_unet_config(128, channel_mults=(1, 2, 2), num_res_blocks=2,
@@ -90,6 +85,10 @@ PRESETS = {
 }
 
 
+# The lesson 09 model minildm/weights/partial/ (ldm/ and its own clip/, which knows "shape"): "cpu" with
+# 30% of the captions naming only some attributes and min-SNR-5 loss weighting.
+#   python -m minildm train clip --preset cpu --out minildm/weights/partial
+#   python -m minildm train ldm --preset partial --out minildm/weights/partial
 PRESETS["partial"] = dataclasses.replace(PRESETS["cpu"], partial_prompts=0.3, snr_gamma=SNR_GAMMA)
 
 

@@ -51,8 +51,8 @@ NAME = "scenes"                 # the pipeline folder: out_dir/scenes/{ldm, clip
 # The latent UNet recipes of lesson 06, but for the cpu preset's length (binding kept rising with
 # steps: docs/results_scenes.json, binding_by_step_plain) and its min-SNR-5 loss weighting, which
 # lifted binding from 85.8% to 93.7% on seen captions at the same 2,400 steps (docs/results_scenes.md).
-# Measured from scratch: 33.7 min wall on one thread of a shared 2-core machine (load 3-5); about
-# 10 min on the idle machine with 2 threads (248 ms per step, docs/results_bench.md). The gpu preset
+# Measured from scratch: 33.7 min wall on one thread of a shared 2-core machine (load 3-5); 14.0 min
+# on the idle machine with 2 threads (docs/results_scenes.md). The gpu preset
 # trains at 64 x 64 with a 64 x 64 VAE and CLIP in the same out_dir (train vae / scenes_clip first).
 PRESETS = {
     "tiny": LDM_PRESETS["tiny"],                                              # seconds: tests and notebooks

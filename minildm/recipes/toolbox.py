@@ -132,6 +132,14 @@ def inpainting_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int 
     return result
 
 
+def named_right(read: torch.Tensor, named: dict) -> torch.Tensor:
+    """(n,) True where the judge's labels read (n, 4) match every named attribute (name -> value index)."""
+    right = torch.ones(len(read), dtype=torch.bool)
+    for attribute, value in named.items():
+        right &= read[:, shapes.ATTRIBUTES.index(attribute)] == value
+    return right
+
+
 def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large circle in the center",
                          named: dict | None = None, negatives=("red", None), n: int = 100,
                          num_steps: int = 50, guidance_scale: float = 3.0, batch_size: int = 100) -> dict:
@@ -150,9 +158,7 @@ def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large c
         images = _batched(lambda i, j: pipe([prompt] * (j - i), num_steps=num_steps, guidance_scale=guidance_scale,
                                             seed=i, negative_prompt=negative), n, batch_size)
         read = judge(images)["labels"]                                            # (n, 4)
-        right = torch.ones(n, dtype=torch.bool)
-        for attribute, value in named.items():
-            right &= read[:, shapes.ATTRIBUTES.index(attribute)] == shapes.ATTRIBUTE_VALUES[attribute].index(value)
+        right = named_right(read, {a: shapes.ATTRIBUTE_VALUES[a].index(v) for a, v in named.items()})
         counts = torch.bincount(read[:, 1], minlength=len(shapes.COLOR_NAMES))
         return {"named_attributes_right": _rate(right), "color_counts": dict(zip(shapes.COLOR_NAMES, counts.tolist()))}
 
@@ -202,9 +208,7 @@ def partial_prompt_test(pipe: LatentDiffusionPipeline, cases=PARTIAL_CASES, n: i
                                             guidance_scale=guidance_scale, seed=i), n, batch_size)
         graded = judge(images)
         read = graded["labels"]                                                  # (n, 4)
-        right = torch.ones(n, dtype=torch.bool)
-        for a in keep:
-            right &= read[:, shapes.ATTRIBUTES.index(a)] == labels[shapes.ATTRIBUTES.index(a)]
+        right = named_right(read, {a: int(labels[shapes.ATTRIBUTES.index(a)]) for a in keep})
         unnamed = {a: normalised_entropy(read[:, i], len(shapes.ATTRIBUTE_VALUES[a]))
                    for i, a in enumerate(shapes.ATTRIBUTES) if a not in keep}
         result["prompts"][prompt] = {"named_right": _rate(right), "clean": _rate(graded["clean"]),
