@@ -11,6 +11,7 @@
     python -m minildm bench
     python -m minildm compare denoisers [--quick]   UNet vs DiT x eps vs rectified flow (lesson 08)
     python -m minildm compare attention [--quick]   DiT cross vs joint attention: binding (lesson 10)
+    python -m minildm compare spaces [--quick]      latent vs pixel at equal training minutes (lesson 06)
     python -m minildm course student-edition OUT_DIR
     python -m minildm data preview --out shapes.png
 
@@ -191,6 +192,8 @@ def cmd_bench(args) -> None:
 def cmd_compare(args) -> None:
     if args.compare_command == "attention":
         from .recipes.scenes_attention import main as compare_main
+    elif args.compare_command == "spaces":
+        from .recipes.spaces import main as compare_main
     else:
         from .recipes.compare import main as compare_main
     _check_json_out(args)
@@ -315,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quick", action="store_true", help="a few steps and captions (a smoke test)")
     q.add_argument("--steps", type=_positive_int, help="training steps per denoiser (default 1000)")
     q.add_argument("--json", help="write the JSON here")
+    q.set_defaults(func=cmd_compare)
+    q = compare_sub.add_parser("spaces", help="latent vs pixel diffusion at equal training minutes "
+                                              "(1, 2, 5, 10, 20): accuracy and sampling cost (lesson 06)")
+    q.add_argument("--quick", action="store_true", help="a few seconds per cell (a smoke test)")
+    q.add_argument("--space", action="append", choices=("latent", "pixel"), help="only this space (repeatable)")
+    q.add_argument("--minutes", type=_positive_float, nargs="+", help="budgets in minutes (default 1 2 5 10 20)")
+    q.add_argument("--timing-threads", type=_positive_int,
+                   help="torch threads for the step timing that turns minutes into steps (default 2)")
+    q.add_argument("--timing-only", action="store_true", help="only time the two UNets (written to --json)")
+    q.add_argument("--json", help="write the JSON here (cells run side by side merge into it; "
+                                  "a file that holds a timing keeps it, so its cells get the same steps)")
     q.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("course", help="course tools for instructors")
