@@ -1,7 +1,8 @@
 """Command line: python -m minildm {demo,train,evaluate,generate,img2img,inpaint,bench,course,data}.
 
     python -m minildm demo                          a picture of the course's results
-    python -m minildm train all --preset cpu        VAE, CLIP, latent UNet (+ pixel UNet)
+    python -m minildm train stack --preset fast     VAE, CLIP, latent UNet from scratch in minutes
+    python -m minildm train all --preset cpu        every model of the course (the shipped weights)
     python -m minildm train vae --preset tiny --steps 20
     python -m minildm evaluate [ldm|clip|vae|pixel_unet]
     python -m minildm generate "a large red circle in the top left" -n 8 --out grid.png
@@ -31,7 +32,8 @@ from pathlib import Path
 
 from .recipes import MODELS
 
-PRESETS = ("tiny", "cpu", "partial", "gpu")   # "partial": ldm only (lesson 09's model, minildm/weights/partial)
+PRESETS = ("tiny", "fast", "cpu", "partial", "gpu")   # "fast": vae, clip, ldm only; "partial": ldm only (lesson 09)
+STACK = ("vae", "clip", "ldm")   # `train stack`: what a LatentDiffusionPipeline needs, in training order
 STEPS_HELP = "sampling steps (default 50; the ddpm sampler always runs all of the model's T steps)"
 
 
@@ -94,7 +96,7 @@ def cmd_train(args) -> None:
         raise UsageError("--resume continues the run in --run-dir and --overwrite deletes it; choose one")
     if args.device:
         pick_device(args.device)                       # a device this machine lacks: an error now
-    names = list(MODELS) if args.model == "all" else [args.model]   # MODELS is in training order
+    names = {"all": list(MODELS), "stack": list(STACK)}.get(args.model, [args.model])   # in training order
     for name in names:                                 # every model knows the preset: checked first
         presets = getattr(_module(name), "PRESETS", None)
         if presets is not None and args.preset not in presets:
@@ -225,9 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model (or all) and write its weights")
-    p.add_argument("model", choices=list(MODELS) + ["all"])
+    p.add_argument("model", choices=list(MODELS) + ["stack", "all"],
+                   help="one model; stack = vae, clip, ldm (a whole tiny Stable Diffusion); all = every model")
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="tiny (seconds), cpu (the shipped weights), gpu; partial: ldm only (lesson 09's model)")
+                   help="tiny (seconds), fast (the stack in minutes: vae, clip, ldm), cpu (the shipped weights), "
+                        "gpu; partial: ldm only (lesson 09's model)")
     p.add_argument("--out", default="weights", help="folder for the trained weights (one subfolder per model)")
     p.add_argument("--run-dir", default="runs", help="folder for checkpoints and metrics")
     p.add_argument("--steps", type=_positive_int)
