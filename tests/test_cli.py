@@ -53,5 +53,22 @@ def test_a_preset_only_one_model_has_gives_a_one_line_error_for_the_others(tmp_p
     code = main(["train", "vae", "--preset", "partial", "--out", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'partial' for vae; allowed: tiny, cpu, gpu" in err and "Traceback" not in err
+    assert "unknown preset 'partial' for vae; allowed: tiny, cpu, gpu, fast" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []                                   # nothing written
+
+
+def test_train_stack_trains_the_three_parts_a_pipeline_needs_on_each_other(tmp_path):
+    out = tmp_path / "w"
+    assert main(["train", "stack", "--preset", "tiny", "--out", str(out), "--run-dir", str(tmp_path / "runs")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "ldm", "vae"]
+    from minildm import LatentDiffusionPipeline
+    pipe = LatentDiffusionPipeline.from_pretrained(out)          # the UNet was trained on this VAE and CLIP
+    assert pipe.sources["vae"] == out / "vae" and pipe.sources["clip"] == out / "clip"
+    assert pipe.config.vae_fingerprint and pipe.config.clip_fingerprint
+
+
+def test_the_fast_preset_is_for_the_stack_only(tmp_path, capsys):
+    code = main(["train", "all", "--preset", "fast", "--out", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'fast' for flow; allowed:" in err and list(tmp_path.iterdir()) == []

@@ -76,6 +76,9 @@ PRESETS = {
                                  precision="bf16", log_every=100, checkpoint_every=1000),
                      decoder_steps=1000),
 }
+# `train stack --preset fast` (the whole tiny Stable Diffusion in minutes): the VAE's cpu recipe is
+# already its short one - half of it (750 + 150 steps) reconstructs at 32.5 dB instead of 37.8.
+PRESETS["fast"] = PRESETS["cpu"]
 
 
 def wild_geometry(n: int, rng: np.random.Generator) -> np.ndarray:
