@@ -69,6 +69,8 @@ def test_summary_names_the_first_budget_that_reaches_the_target():
                      "latent/2": row("latent", 2, 0.91, 0.1), "pixel/5": row("pixel", 5, 0.4, 0.5)}}
     summary = spaces.summary(out)
     assert summary["latent"]["minutes_to_target"] == 2 and summary["latent"]["budgets"] == [1, 2, 5]
+    # 0.5 at 1 minute, 0.91 at 2: 90% at 2 ** (0.40 / 0.41) = 1.97 minutes on a log-minutes line
+    assert summary["latent"]["minutes_to_target_interpolated"] == 2.0
     assert summary["pixel"]["minutes_to_target"] is None and summary["pixel"]["best_seen"] == 0.4
 
 

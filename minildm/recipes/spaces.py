@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -208,13 +209,20 @@ def samples_path(json_path) -> Path:
 
 
 def summary(out: dict) -> dict:
-    """Per space: the smallest budget reaching TARGET on seen captions, and the sampling cost there."""
+    """Per space: the smallest budget reaching TARGET on seen captions (and a log-linear estimate between it
+    and the budget before), the sampling cost there, and the best accuracy."""
     result = {"target_all_four_seen": TARGET}
     for space in SPACES:
         rows = sorted((r for r in out.get("cells", {}).values() if r["space"] == space), key=lambda r: r["minutes"])
         reached = [r for r in rows if r["seen"]["all_four"] >= TARGET]
+        below = [r for r in rows if r["seen"]["all_four"] < TARGET and (not reached or r["minutes"] < reached[0]["minutes"])]
+        estimate = None
+        if reached and below:        # straight line between the two budgets around the target, on log minutes
+            (m0, a0), (m1, a1) = [(r["minutes"], r["seen"]["all_four"]) for r in (below[-1], reached[0])]
+            estimate = round(math.exp(math.log(m0) + (TARGET - a0) / (a1 - a0) * math.log(m1 / m0)), 1)
         result[space] = {"budgets": [r["minutes"] for r in rows],
                          "minutes_to_target": reached[0]["minutes"] if reached else None,
+                         "minutes_to_target_interpolated": estimate,
                          "seconds_per_image_at_target": reached[0]["seconds_per_image"] if reached else None,
                          "best_seen": max((r["seen"]["all_four"] for r in rows), default=None)}
     return result
