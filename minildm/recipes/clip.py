@@ -131,7 +131,7 @@ PRESETS = {
                     precision="bf16", log_every=100)),
 }
 # `train stack --preset fast`: 350 steps at a higher peak rate also reach 100% zero-shot
-# (docs/results_bench.md, "The stack in minutes").
+# (docs/results_bench.md, "The fast stack").
 PRESETS["fast"] = dataclasses.replace(PRESETS["cpu"], train=dataclasses.replace(
     PRESETS["cpu"].train, steps=350, lr=4e-3, warmup_steps=35))
 

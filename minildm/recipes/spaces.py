@@ -234,12 +234,12 @@ def compare_spaces(cfg: SpacesConfig = SpacesConfig(), spaces=SPACES, json_path=
     grade each (space, minutes) cell, merging each into json_path as it finishes."""
     out = read(json_path)
     if "timing" not in out:
-        measured = timing(cfg)
-        out = {"config": json.loads(json.dumps(asdict(cfg))), "timing": measured, "cells": {}}
+        measured, config = timing(cfg), json.loads(json.dumps(asdict(cfg)))
+        out = {"config": config, "timing": measured, "cells": {}}
         print(f"timing ({cfg.timing_threads} threads): latent {measured['latent']['ms_per_step']} ms/step, "
               f"pixel {measured['pixel']['ms_per_step']} ms/step ({measured['pixel_over_latent']}x)", flush=True)
         if json_path:
-            out = merge(json_path, lambda o: o.update(config=out["config"], timing=measured, cells=o.get("cells", {})))
+            out = merge(json_path, lambda o: o.update(config=config, timing=measured, cells=o.get("cells", {})))
     if timing_only:
         return out
     for space in spaces:
