@@ -171,6 +171,11 @@ def interleaved_timing(cfg: CompareConfig, sample_batch) -> dict:
     return out
 
 
+def samples_path(json_path) -> Path:
+    """Where the sample images of a results JSON live: results.json -> results_samples.safetensors."""
+    return Path(json_path).with_name(Path(json_path).stem + "_samples.safetensors")
+
+
 def steps_for_minutes(minutes: float, ms_per_step: float, warmup_steps: int) -> tuple[int, int]:
     """(steps, warm-up steps) that fit `minutes` at `ms_per_step`; the warm-up as train.steps_for_budget."""
     steps = max(1, int(60_000 * minutes / ms_per_step + 1e-6))     # floor (1.2 / 0.1 is 11.999...)
@@ -200,10 +205,9 @@ def compare_denoisers(cfg: CompareConfig = CompareConfig(), cells=CELLS, json_pa
                              f"(no --cell) or write to another --json")
         if budget(previous.get("config", {})) == budget(out["config"]):   # same budget: keep the other cells
             out["cells"], out["timing"] = previous["cells"], previous.get("timing")
-            samples_path = Path(json_path).with_name(Path(json_path).stem + "_samples.safetensors")
-            if samples_path.exists():
+            if samples_path(json_path).exists():
                 from safetensors.torch import load_file
-                samples = load_file(str(samples_path))
+                samples = load_file(str(samples_path(json_path)))
     torch.set_num_threads(cfg.threads)
     device = torch.device("cpu")
     vae, _ = _frozen_part("vae", None, device)
@@ -247,8 +251,7 @@ def write(out: dict, samples: dict, json_path) -> None:
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    save_safetensors({k: v.contiguous() for k, v in samples.items()},
-                     path.with_name(path.stem + "_samples.safetensors"))
+    save_safetensors({k: v.contiguous() for k, v in samples.items()}, samples_path(path))
 
 
 def markdown_table(out: dict) -> str:

@@ -50,7 +50,7 @@ from ..train import TrainConfig, train
 from ..unet import UNet, UNetConfig
 from ..weights_io import save_safetensors
 from . import Job, flow, ldm
-from .compare import eval_labels, machine, steps_for_minutes
+from .compare import eval_labels, machine, samples_path, steps_for_minutes
 
 SPACES = ("latent", "pixel")
 MINUTES = (1, 2, 5, 10, 20)
@@ -193,19 +193,22 @@ def read(json_path) -> dict:
     return json.loads(text) if text.strip() else {}
 
 
-def merge(json_path, update) -> dict:
-    """Re-read the JSON under the lock, apply update(out) and write it back; returns the merged dict."""
+def merge(json_path, update, samples: dict | None = None) -> dict:
+    """Re-read the JSON under the lock, apply update(out) and write it back (and add `samples`, name ->
+    uint8 images, to the samples file next to it, under the same lock); returns the merged dict."""
     path = Path(json_path)
     with locked(path):
         out = read(path)
         update(out)
         out["summary"] = summary(out)
         path.write_text(json.dumps(out, indent=1) + "\n")
+        if samples:
+            stored = {}
+            if samples_path(path).exists():
+                from safetensors.torch import load_file
+                stored = load_file(samples_path(path))
+            save_safetensors({**stored, **samples}, samples_path(path))
     return out
-
-
-def samples_path(json_path) -> Path:
-    return Path(json_path).with_name(Path(json_path).stem + "_samples.safetensors")
 
 
 def summary(out: dict) -> dict:
@@ -248,15 +251,7 @@ def compare_spaces(cfg: SpacesConfig = SpacesConfig(), spaces=SPACES, json_path=
             name = f"{space}/{minutes:g}"
             out.setdefault("cells", {})[name] = row
             if json_path:
-                out = merge(json_path, lambda o: o.setdefault("cells", {}).__setitem__(name, row))
-                with locked(Path(json_path)):
-                    path = samples_path(json_path)
-                    stored = {}
-                    if path.exists():
-                        from safetensors.torch import load_file
-                        stored = load_file(path)
-                    stored[name] = images
-                    save_safetensors(stored, path)
+                out = merge(json_path, lambda o: o.setdefault("cells", {}).__setitem__(name, row), {name: images})
     out["summary"] = summary(out)
     return out
 
