@@ -27,7 +27,9 @@ ones, down and up path); a 2x2 layer's cell is a quarter of the image, larger th
 Shapes objects, so upsampled it spreads every word over a quarter of the image and blurs the
 average. Prompt-to-prompt's figures of Stable Diffusion also leave the coarsest (8x8) layers
 out (they average its 16x16 layers, down and up path; DAAM averages all).
-`maps(layers="all")` averages every layer.
+`maps(layers="all")` averages every layer, `maps(layers="finest")` only the layers at the latent's own
+resolution (8x8): the sharpest maps, and on the shipped model the only average in which colour and shape
+words put at least twice their share of attention on the object (docs/results_toolbox.md, section 3).
 The coarse maps are upsampled to the latent grid by nearest neighbour (each cell's weight
 spread over the pixels it covers); all steps count equally.
 
@@ -78,10 +80,14 @@ class AttentionStore:
         for an 8x8 latent): the ones whose cells are smaller than an object (see the module docstring)."""
         return [i for i, side in enumerate(self.resolutions()) if 2 * side >= self.latent_size]
 
+    def finest_layers(self) -> list[int]:
+        """Indices into resolutions() of the layers at the latent's own resolution (8x8 for an 8x8 latent)."""
+        return [i for i, side in enumerate(self.resolutions()) if side == self.latent_size]
+
     def maps(self, layers=None) -> torch.Tensor:
         """(n, L, S, S) on the CPU: each token's map averaged over the steps and the layers
-        (None: default_layers(); "all": every layer; or a list of indices into resolutions()),
-        normalised to sum to 1 over the grid.
+        (None: default_layers(); "all": every layer; "finest": finest_layers(); or a list of
+        indices into resolutions()), normalised to sum to 1 over the grid.
 
         Padding tokens get no attention (they are masked out), so their maps are all zeros.
         """
@@ -90,6 +96,12 @@ class AttentionStore:
         per_layer = [self.totals[layer] / self.calls[layer] for layer in self.totals]  # each (n, L, S, S)
         if layers is None:
             layers = self.default_layers()
+        elif layers == "finest":
+            layers = self.finest_layers()
+        elif layers != "all" and not (isinstance(layers, (list, tuple)) and layers
+                                      and all(isinstance(i, int) and 0 <= i < len(per_layer) for i in layers)):
+            raise ValueError(f"layers must be None, 'all', 'finest' or a non-empty list of indices in "
+                             f"0..{len(per_layer) - 1}, got {layers!r}")
         chosen = per_layer if layers == "all" else [per_layer[i] for i in layers]
         mean = (sum(chosen) / len(chosen)).cpu()                              # (n, L, S, S)
         mass = mean.sum(dim=(2, 3), keepdim=True)                             # (n, L, 1, 1)

@@ -222,6 +222,10 @@ def test_store_default_leaves_out_the_layers_coarser_than_half_the_latent():
     assert store.maps()[0, 2].sum() == 0 and torch.allclose(store.maps()[0, 1].sum(), torch.tensor(1.0))
     assert torch.allclose(store.maps(layers="all")[0, 2].sum(), torch.tensor(1.0))    # every layer: token 2 too
     assert torch.equal(store.maps(layers=[0, 1, 4, 5]), store.maps())
+    assert store.finest_layers() == [0, 5] and torch.equal(store.maps(layers="finest"), store.maps(layers=[0, 5]))
+    for bad in ("coarse", [], [6], [0.5]):
+        with pytest.raises(ValueError, match="layers must be None, 'all', 'finest'"):
+            store.maps(layers=bad)
 
 
 def test_word_index_and_errors(pipe):

@@ -233,8 +233,8 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
     the judge reads right (all four attributes) are used, so the region is the prompt's object.
     The maps are those of pipe(..., return_attention=True) (AttentionStore.maps(): the default
     layers, at least half the latent's side, listed under "layers"); the same ratios averaged
-    over every layer are under "all_layers", and for each layer alone under "per_layer"
-    (resolution, color, shape).
+    over every layer are under "all_layers", over the layers at the latent's own resolution
+    under "finest_layers", and for each layer alone under "per_layer" (resolution, color, shape).
     """
     rng = np.random.default_rng(seed)
     labels = shapes.sample_labels(n, "train", rng)
@@ -262,14 +262,19 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
 
     maps = torch.cat([store.maps() for store in stores])
     all_layers = torch.cat([store.maps(layers="all") for store in stores])
+    finest = torch.cat([store.maps(layers="finest") for store in stores])
     result = {"count": n, "judged_right": int(right.sum()), "mean_object_share": round(float(share[right].mean()), 4),
-              "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()], "all_layers": {}}
+              "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()], "all_layers": {},
+              "finest_layers": {}}
     for kind in words:
         r = ratios(maps, kind)
         result[kind] = {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
                         "at_least_2x": _rate(r >= 2)}
         r = ratios(all_layers, kind)
         result["all_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "at_least_2x": _rate(r >= 2)}
+        r = ratios(finest, kind)
+        result["finest_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
+                                         "at_least_2x": _rate(r >= 2)}
     result["per_layer"] = []
     for index, side in enumerate(stores[0].resolutions()):
         layer_maps = torch.cat([store.maps(layers=[index]) for store in stores])
