@@ -2,7 +2,7 @@
 
     python -m minildm demo                          a picture of the course's results
     python -m minildm train stack --preset fast     VAE, CLIP, latent UNet from scratch in minutes
-    python -m minildm train all --preset cpu        every model of the course (the shipped weights)
+    python -m minildm train all --preset cpu        every model of the course (README: the shipped weights' commands)
     python -m minildm train vae --preset tiny --steps 20
     python -m minildm evaluate [ldm|clip|vae|pixel_unet]
     python -m minildm generate "a large red circle in the top left" -n 8 --out grid.png

@@ -4,7 +4,7 @@ The data stream is fresh captioned Shapes images with paraphrased captions and
 CLIP's one augmentation, a random square crop, made caption-safe: our captions name
 positions, so a crop may not move the object into another 3x3 cell.
 
-    python -m minildm train clip --preset cpu --out minildm/weights
+    python -m minildm train clip --preset fast --out minildm/weights   # the shipped CLIP (cpu: the longer recipe)
     python -m minildm evaluate clip
 
 Taught in notebooks/04_clip.ipynb.
@@ -120,7 +120,7 @@ PRESETS = {
         CLIPConfig(embed_dim=32, text_width=32, text_layers=1, text_heads=2, resnet_widths=(16, 16, 32),
                    resnet_heads=2, vit_width=32, vit_layers=1, vit_heads=2),
         TrainConfig(steps=60, batch_size=64, lr=2e-3, warmup_steps=10, log_every=10, progress=False)),
-    "cpu": CLIPPreset(  # minutes on 2 CPU cores: the shipped weights
+    "cpu": CLIPPreset(  # minutes on 2 CPU cores: the shipped weights until 2026-12-01 (now "fast", below)
         CLIPConfig(),
         TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=100, weight_decay=0.1,
                     log_every=50)),
@@ -130,8 +130,8 @@ PRESETS = {
         TrainConfig(steps=5000, batch_size=512, lr=1e-3, warmup_steps=300, weight_decay=0.1,
                     precision="bf16", log_every=100)),
 }
-# `train stack --preset fast`: 350 steps at a higher peak rate also reach 100% zero-shot
-# (docs/results_bench.md, "The fast stack").
+# `train stack --preset fast` and the shipped CLIP since 2026-12-01: 350 steps at a higher peak rate also
+# reach 100% zero-shot (docs/results_bench.md, "The fast stack").
 PRESETS["fast"] = dataclasses.replace(PRESETS["cpu"], train=dataclasses.replace(
     PRESETS["cpu"].train, steps=350, lr=4e-3, warmup_steps=35))
 
@@ -186,7 +186,7 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     """Train MiniCLIP with a preset and write out_dir/clip/{config.json, model.safetensors, training.json}.
 
     overrides: as for job().
-    Shipped weights: `python -m minildm train clip --preset cpu --out minildm/weights`.
+    Shipped weights: `python -m minildm train clip --preset fast --out minildm/weights`.
     """
     run = job(preset, run_dir, **overrides)
     result = train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=run.name)
