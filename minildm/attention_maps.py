@@ -28,8 +28,9 @@ Shapes objects, so upsampled it spreads every word over a quarter of the image a
 average. Prompt-to-prompt's figures of Stable Diffusion also leave the coarsest (8x8) layers
 out (they average its 16x16 layers, down and up path; DAAM averages all).
 `maps(layers="all")` averages every layer, `maps(layers="finest")` only the layers at the latent's own
-resolution (8x8): the sharpest maps, and on the shipped model the only average in which colour and shape
-words put at least twice their share of attention on the object (docs/results_toolbox.md, section 3).
+resolution (8x8): the sharpest maps; on the shipped model colour and shape words put at least twice their
+share of attention on the object in this average, not in the default or all-layer ones
+(docs/results_toolbox.md, section 3).
 The coarse maps are upsampled to the latent grid by nearest neighbour (each cell's weight
 spread over the pixels it covers); all steps count equally.
 
