@@ -266,15 +266,15 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
     result = {"count": n, "judged_right": int(right.sum()), "mean_object_share": round(float(share[right].mean()), 4),
               "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()], "all_layers": {},
               "finest_layers": {}}
+    def summary(r):                                                       # r: one word kind's ratios
+        return {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
+                "at_least_2x": _rate(r >= 2)}
+
     for kind in words:
-        r = ratios(maps, kind)
-        result[kind] = {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
-                        "at_least_2x": _rate(r >= 2)}
+        result[kind] = summary(ratios(maps, kind))
         r = ratios(all_layers, kind)
         result["all_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "at_least_2x": _rate(r >= 2)}
-        r = ratios(finest, kind)
-        result["finest_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
-                                         "at_least_2x": _rate(r >= 2)}
+        result["finest_layers"][kind] = summary(ratios(finest, kind))
     result["per_layer"] = []
     for index, side in enumerate(stores[0].resolutions()):
         layer_maps = torch.cat([store.maps(layers=[index]) for store in stores])
