@@ -101,6 +101,13 @@ def cmd_train(args) -> None:
         presets = getattr(_module(name), "PRESETS", None)
         if presets is not None and args.preset not in presets:
             raise UsageError(f"unknown preset {args.preset!r} for {name}; allowed: {', '.join(presets)}")
+    if args.init is not None:
+        if names != ["vae"]:
+            raise UsageError("--init is for `train vae` only: it fine-tunes a trained VAE's decoder (stage 2), "
+                             "keeping its encoder and latents")
+        from .weights_io import resolve_folder
+        if not (resolve_folder(args.init, "vae") / "model.safetensors").is_file():
+            raise UsageError(f"--init {args.init}: no model.safetensors there; give a trained VAE's folder")
     check_writable_folder(args.out)                    # outputs checked before the training, not after
     check_writable_folder(args.run_dir)
     overrides = {k: v for k, v in {
@@ -112,7 +119,8 @@ def cmd_train(args) -> None:
     for name in names:
         module = _module(name)
         print(f"== training {name} (preset {args.preset}) ==", flush=True)
-        module.fit(preset=args.preset, out_dir=args.out, run_dir=args.run_dir, **overrides)
+        init = {"init": args.init} if args.init is not None else {}
+        module.fit(preset=args.preset, out_dir=args.out, run_dir=args.run_dir, **init, **overrides)
         if args.minutes:   # a budget run ends with a measured line, so a class knows what it got
             result = module.evaluate(weights=str(Path(args.out) / name), quick=True)
             print(f"[{name}] after {args.minutes:g} minutes: {module.headline(result)} (quick evaluation)")
@@ -245,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=_positive_float,
                    help="train as well as possible within this wall-clock budget (the schedule fits it)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--init", help="vae only: a trained VAE's folder; run stage 2 (decoder fine-tuning) on it, "
+                                  "keeping its encoder, so every diffusion model's latents stay valid")
     p.add_argument("--overwrite", action="store_true",
                    help="--run-dir holds a run: delete its checkpoints and metrics and start over")
     p.set_defaults(func=cmd_train)

@@ -23,7 +23,7 @@ Weights on disk. A pipeline folder holds
     ldm/model.safetensors  the UNet's weights (the only part this lesson trains)
     ldm/diffusion.json     DiffusionConfig: schedule, prediction type, latent clipping range
     ldm/pipeline.json      PipelineConfig: latent shape, the denoiser's class (unet | dit) and
-                           fingerprints of the VAE and CLIP the UNet was trained with
+                           fingerprints of the VAE encoder and CLIP the UNet was trained with
     ldm/training.json      how it was trained and its loss curve (minildm/recipes/ldm.py)
     vae/, clip/            optional: when absent, the shipped minildm/weights/vae
                            and minildm/weights/clip are used
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors.torch import load_file
 
 from . import ecosystem
 from .attention_maps import AttentionStore, attention_hook
@@ -75,7 +76,7 @@ class PipelineConfig:
     latent_channels: int = 4        # VAE latent channels
     latent_size: int = 8            # VAE latent side (32 / 4)
     image_size: int = 32            # pixel side the VAE works at
-    vae_fingerprint: str = ""       # sha256 prefix of the VAE weights used in training ("" = unknown)
+    vae_fingerprint: str = ""       # sha256 prefix of the VAE's encoder used in training ("" = unknown)
     clip_fingerprint: str = ""      # same for the CLIP weights
     denoiser: str = "unet"          # the denoiser's class: unet | dit (a diffusion transformer, lesson 08)
 
@@ -140,6 +141,24 @@ def fingerprint(folder) -> str:
     if not path.is_file():
         return ""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def latent_fingerprint(vae_folder) -> str:
+    """A short sha256 of the VAE's encoder tensors only: which latent space a UNet was trained in.
+
+    The encoder alone decides the latents; a decoder fine-tuned later (recipes/vae.py,
+    stage 2, as Stable Diffusion's VAE updates did) keeps every UNet valid, so it keeps
+    this fingerprint too.
+    """
+    path = Path(vae_folder) / "model.safetensors"
+    if not path.is_file():
+        return ""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(path).items()):
+        if name.startswith("encoder."):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------
@@ -209,7 +228,9 @@ class LatentDiffusionPipeline:
             parts[part] = model_class.from_pretrained(folder, device=device)
             sources[part] = folder
             expected = getattr(config, f"{part}_fingerprint")
-            if expected and fingerprint(folder) != expected:
+            # the VAE's is that of its encoder (older pipelines: of the whole file); the CLIP's of its file
+            found = {fingerprint(folder)} | ({latent_fingerprint(folder)} if part == "vae" else set())
+            if expected and expected not in found:
                 warnings.warn(f"the UNet in {ldm_dir} was trained with other {part.upper()} weights "
                               f"than {folder}; images may look wrong. Keep a pipeline's vae/, clip/ "
                               f"and ldm/ folders together.")

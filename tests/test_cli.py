@@ -57,6 +57,19 @@ def test_a_preset_only_one_model_has_gives_a_one_line_error_for_the_others(tmp_p
     assert list(tmp_path.iterdir()) == []                                   # nothing written
 
 
+@pytest.mark.parametrize("args, message", [
+    (["train", "ldm", "--init", "minildm/weights/vae"], "--init is for `train vae` only"),
+    (["train", "stack", "--init", "minildm/weights/vae"], "--init is for `train vae` only"),
+    (["train", "vae", "--init", "no/such/folder"], "weights folder not found: no/such/folder"),
+])
+def test_init_is_checked_before_any_training(args, message, tmp_path, capsys):
+    code = main(args + ["--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()                                  # nothing written
+
+
 def test_train_stack_trains_the_three_parts_a_pipeline_needs_on_each_other(tmp_path):
     out = tmp_path / "w"
     assert main(["train", "stack", "--preset", "tiny", "--out", str(out), "--run-dir", str(tmp_path / "runs")]) == 0

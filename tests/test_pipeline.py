@@ -4,6 +4,7 @@ Most tests use a pipeline of tiny, randomly initialised parts (seconds on one
 core); the last ones load the shipped weights when they exist.
 """
 import argparse
+import json
 import math
 
 import pytest
@@ -162,6 +163,26 @@ def test_fingerprint_mismatch_warns(pipe, tmp_path):
         LatentDiffusionPipeline.from_pretrained(tmp_path / "p")
 
 
+def test_a_decoder_tuned_vae_keeps_the_pipelines_fingerprint(tmp_path):
+    """pipeline.json names the VAE's *encoder* (its latent space): the shipped pipelines load without a
+    warning after the decoder was re-tuned, and an older pipeline that names the whole file still loads."""
+    import warnings
+    for name in (None, "flow", "partial", "scenes"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            LatentDiffusionPipeline.from_pretrained(name)
+    shipped = pipeline.PACKAGE_WEIGHTS / "vae"
+    folder = tmp_path / "p"
+    LatentDiffusionPipeline.from_pretrained().save_pretrained(folder)
+    config = json.loads((folder / "ldm" / "pipeline.json").read_text())
+    assert config["vae_fingerprint"] == pipeline.latent_fingerprint(shipped) != pipeline.fingerprint(shipped)
+    config["vae_fingerprint"] = pipeline.fingerprint(shipped)             # the older, whole-file form
+    (folder / "ldm" / "pipeline.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatentDiffusionPipeline.from_pretrained(folder)
+
+
 BAD_CALLS = [
     (dict(prompts=123), PromptError, "str or a list"),
     (dict(prompts=[]), PromptError, "empty"),
@@ -295,7 +316,8 @@ def test_fit_tiny(tmp_path, capsys):
     fitted = ldm.fit("tiny", out_dir=tmp_path / "w", run_dir=tmp_path / "runs", steps=4)
     assert "wrote" in capsys.readouterr().out
     loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "w")
-    assert loaded.config.vae_fingerprint == pipeline.fingerprint(tmp_path / "w" / "vae") != ""
+    assert loaded.config.vae_fingerprint == pipeline.latent_fingerprint(tmp_path / "w" / "vae") != ""   # its encoder
+    assert loaded.config.clip_fingerprint == pipeline.fingerprint(tmp_path / "w" / "clip") != ""
     assert (loaded(PROMPTS, num_steps=2) - fitted(PROMPTS, num_steps=2)).abs().max() < 0.02  # float16 file
     assert (tmp_path / "runs" / "ldm" / "metrics.jsonl").exists()
     with pytest.raises(ValueError, match="unknown preset"):

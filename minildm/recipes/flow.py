@@ -40,7 +40,7 @@ from ..data import shapes
 from ..data.judge import grade_conditional
 from ..dit import DiT, DiTConfig
 from ..objectives import DiffusionConfig, TIMESTEP_SAMPLING, diffusion_loss, flow_matching_loss
-from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint
+from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint, latent_fingerprint
 from ..schedule import NoiseSchedule
 from ..text import VOCAB_SIZE
 from ..train import TrainConfig, pick_device, train
@@ -172,7 +172,7 @@ def make_pipeline(run: Job, model: nn.Module, clip_x0: float | None = None) -> L
         probe = encode_pool(vae, 512, seed=run.cfg.seed + 2, image_size=vae.config.image_size)[0]
         clip_x0 = round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2)
     config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
-                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
+                            image_size=vae.config.image_size, vae_fingerprint=latent_fingerprint(run.vae_dir),
                             clip_fingerprint=fingerprint(run.clip_dir),
                             denoiser="unet" if p.denoiser == "unet" else "dit")
     return LatentDiffusionPipeline(vae, run.clip, model.eval(), config, diffusion=p.diffusion(clip_x0 or 0.0),

@@ -25,7 +25,7 @@ from ..clip import MiniCLIP
 from ..data import shapes
 from ..data.judge import grade_conditional, judge
 from ..objectives import DiffusionConfig, diffusion_loss
-from ..pipeline import NAME, LatentDiffusionPipeline, PipelineConfig, fingerprint
+from ..pipeline import NAME, LatentDiffusionPipeline, PipelineConfig, fingerprint, latent_fingerprint
 from ..schedule import NoiseSchedule
 from ..text import PAD_ID, tokenize
 from ..train import TrainConfig, pick_device, train
@@ -239,7 +239,7 @@ def trained_pipeline(run: Job, model, dataset=shapes) -> LatentDiffusionPipeline
     diffusion = DiffusionConfig(schedule=run.schedule.kind, num_timesteps=run.schedule.num_timesteps,
                                 prediction="eps", clip_x0=round(float(probe.abs().max()) * LATENT_CLIP_MARGIN, 2))
     config = PipelineConfig(latent_channels=vae.config.latent_channels, latent_size=vae.config.latent_size,
-                            image_size=vae.config.image_size, vae_fingerprint=fingerprint(run.vae_dir),
+                            image_size=vae.config.image_size, vae_fingerprint=latent_fingerprint(run.vae_dir),
                             clip_fingerprint=fingerprint(run.clip_dir))
     return LatentDiffusionPipeline(vae, run.clip, model.eval(), config,
                                    sources={"vae": run.vae_dir, "clip": run.clip_dir}, diffusion=diffusion)

@@ -5,11 +5,14 @@ Two stages, through the one training loop:
     1. the whole VAE with vae_loss (reconstruction MSE + a small KL)
     2. decoder-only fine-tuning scored after `black_floor`: the encoder, and so the
        latents a diffusion model trains on, stays fixed (as Stable Diffusion's later
-       VAE releases did), and the black background decodes to exactly black
+       VAE releases did), the black background decodes to exactly black, and half of
+       the images are drawn beyond the training ranges (`wild_geometry`: touching the
+       border, sizes +-20%, hard edges), so users' own pictures come back too
 
 then `compute_scale_factor` gives the latents unit variance.
 
     python -m minildm train vae --preset cpu --out minildm/weights
+    python -m minildm train vae --preset cpu --init minildm/weights/vae --out DIR   # stage 2 only
     python -m minildm evaluate vae
 
 Taught in notebooks/05_vae.ipynb.
@@ -57,8 +60,10 @@ class VAEPreset:
     scale_images: int = 2048   # training images used to measure the latent std (scale_factor)
     decoder_steps: int = 0     # stage 2: decoder-only fine-tuning steps with black_floor (0 = off)
     decoder_lr: float = 5e-4   # stage 2 peak learning rate
-    wild_fraction: float = 0.0  # images per batch drawn anywhere (touching the border), sizes +-20%,
-                                # half of them with hard edges: so users' own pictures encode well
+    wild_fraction: float = 0.0  # stage 1: images per batch drawn anywhere (touching the border), sizes
+                                # +-20%, half of them with hard edges (changes the latents: see docs)
+    decoder_wild_fraction: float = 0.0  # the same in stage 2: the decoder learns users' pictures while
+                                        # the encoder, so the latents, stay as they are
 
 
 PRESETS = {
@@ -69,7 +74,7 @@ PRESETS = {
     # minutes on a laptop CPU: the shipped weights (small batches, many steps: fastest to 30 dB)
     "cpu": VAEPreset(VAEConfig(),
                      TrainConfig(steps=1500, batch_size=16, lr=3e-3, warmup_steps=50, log_every=50),
-                     decoder_steps=300),   # wild_fraction=0.3: see docs/results_vae.md, not shipped
+                     decoder_steps=1500, decoder_wild_fraction=0.5),   # stage-1 wild_fraction: see docs
     # GPU: 64x64 images -> 16x16x4 latents, wider, bf16
     "gpu": VAEPreset(VAEConfig(image_size=64, base_channels=32),
                      TrainConfig(steps=6000, batch_size=64, lr=2e-3, warmup_steps=200,
@@ -77,7 +82,7 @@ PRESETS = {
                      decoder_steps=1000),
 }
 # `train stack --preset fast` (the whole tiny Stable Diffusion in minutes): the VAE's cpu recipe is
-# already its short one - half of it (750 + 150 steps) reconstructs at 32.5 dB instead of 37.8.
+# already its short one - half of stage 1 (750 steps) reconstructs at 32.5 dB instead of 37.8.
 PRESETS["fast"] = PRESETS["cpu"]
 
 
@@ -136,11 +141,13 @@ def _decoder_loss_fn(leak: float):
 
 
 def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: str = "train",
-                     wild_fraction: float = 0.0) -> TinyVAE:
+                     wild_fraction: float = 0.0, return_result: bool = False):
     """Stage 2: train the decoder only, scored after black_floor; the encoder (so the latents) stays fixed.
 
     Like Stable Diffusion's later VAE releases, which fine-tuned only the decoder:
-    a diffusion model trained on the latents stays valid.
+    a diffusion model trained on the latents stays valid. wild_fraction: the share of
+    images drawn beyond the training ranges (`wild_geometry`), so the decoder also
+    learns objects at the border and in corners. Returns the VAE (and the TrainResult).
 
     Taught in notebooks/05_vae.ipynb.
     """
@@ -149,7 +156,7 @@ def finetune_decoder(vae: TinyVAE, cfg: TrainConfig, leak: float = 0.0, split: s
                    name=NAME + "_decoder")
     tuned = result.model.cpu().eval()
     tuned.encoder.requires_grad_(True)
-    return tuned
+    return (tuned, result) if return_result else tuned
 
 
 def job(preset="cpu", run_dir="runs", **overrides) -> Job:
@@ -161,31 +168,48 @@ def job(preset="cpu", run_dir="runs", **overrides) -> Job:
     return Job(model, _loss_fn, _data_fn(p.model.image_size, p.data_split, p.wild_fraction), cfg, NAME)
 
 
-def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> TinyVAE:
+def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", init=None, **overrides) -> TinyVAE:
     """Train a TinyVAE with a preset, set its scale_factor, write out_dir/vae/.
+
+    init: a trained VAE's folder: stage 1 is skipped and stage 2 fine-tunes that VAE's
+    decoder, so its encoder (and the latents every diffusion model was trained on) stay
+    exactly as they are. `overrides` (steps, lr, ...) then apply to stage 2.
 
     Command (shipped weights): python -m minildm train vae --preset cpu --out minildm/weights
 
     Taught in notebooks/05_vae.ipynb.
     """
     p = get_preset(PRESETS, preset)
-    run = job(p, run_dir, **overrides)
+    if init is not None and not p.decoder_steps:
+        raise ValueError(f"--init runs stage 2 only, and the {preset!r} preset has no stage 2 (decoder_steps=0)")
+    run = job(p, run_dir, **({} if init is not None else overrides))
     cfg, model = run.cfg, run.model
-    print(f"[vae] {model.num_parameters():,} parameters, {cfg.steps} steps of batch {cfg.batch_size}, "
-          f"{p.model.image_size}x{p.model.image_size} -> {p.model.latent_size}x{p.model.latent_size}"
-          f"x{p.model.latent_channels}", flush=True)
-    result = train(model, run.loss_fn, run.sample_batch, cfg, name=NAME)
-    vae, seconds = result.model.cpu().eval(), result.seconds
+    if init is None:
+        print(f"[vae] {model.num_parameters():,} parameters, {cfg.steps} steps of batch {cfg.batch_size}, "
+              f"{p.model.image_size}x{p.model.image_size} -> {p.model.latent_size}x{p.model.latent_size}"
+              f"x{p.model.latent_channels}", flush=True)
+        result = train(model, run.loss_fn, run.sample_batch, cfg, name=NAME)
+        vae, seconds, stage1 = result.model.cpu().eval(), result.seconds, None
+    else:                                    # stage 1 done before: keep that VAE's encoder
+        vae, seconds = TinyVAE.from_pretrained(init), 0.0
+        stage1 = {"init": str(init), "init_training": read_training_json(init)}
+        print(f"[vae] stage 2 only, on {init} (its encoder and latents kept)", flush=True)
     if p.decoder_steps:                      # stage 2: sharpen the decoder, latents unchanged
         t0 = time.perf_counter()
         stage2 = replace(cfg, steps=p.decoder_steps, lr=p.decoder_lr, warmup_steps=min(20, p.decoder_steps),
                          out_dir=str(Path(run_dir) / (NAME + "_decoder")) if run_dir is not None else None)
-        vae = finetune_decoder(vae, stage2, split=p.data_split, wild_fraction=p.wild_fraction)
+        if init is not None:
+            stage2 = train_config(stage2, run_dir, NAME + "_decoder", overrides)
+        vae, stage2_result = finetune_decoder(vae, stage2, split=p.data_split,
+                                              wild_fraction=p.decoder_wild_fraction, return_result=True)
         seconds += time.perf_counter() - t0
-    vae.config.scale_factor = compute_scale_factor(vae, n=p.scale_images)
+        result = result if init is None else stage2_result
+    if init is None:                         # with init: the encoder, so the scale factor, is unchanged
+        vae.config.scale_factor = compute_scale_factor(vae, n=p.scale_images)
     folder = vae.save_pretrained(Path(out_dir) / NAME)
-    write_training_json(folder, preset, cfg, result, seconds=seconds, decoder_steps=p.decoder_steps,
-                        scale_factor=vae.config.scale_factor)
+    write_training_json(folder, preset, cfg if init is None else stage2, result, seconds=seconds,
+                        decoder_steps=p.decoder_steps, decoder_wild_fraction=p.decoder_wild_fraction,
+                        scale_factor=vae.config.scale_factor, **(stage1 or {}))
     print(f"[vae] trained in {seconds:.0f} s; scale_factor = {vae.config.scale_factor:.4f}; "
           f"wrote {folder}", flush=True)
     return vae
