@@ -53,7 +53,7 @@ from .inputs import check_float, check_images, check_int, check_masks, check_pro
 from .objectives import DiffusionConfig, as_eps_model
 from .dit import DiT
 from .samplers import (DDIMSampler, DDPMSampler, FlowEulerSampler, FlowHeunSampler, classifier_free_guidance,
-                       img2img_start, sample)
+                       img2img_start, perpendicular_negative_guidance, sample)
 from .text import PAD_ID, tokenize
 from .unet import UNet
 from .validate import build_config
@@ -331,7 +331,8 @@ class LatentDiffusionPipeline:
             return ecosystem.DiffusersSampler(sampler, self.diffusion, num_steps, clip_x0=clip)
         return DDPMSampler(self.schedule, clip_x0=clip)  # all T steps; num_steps is for DDIM
 
-    def _prepare(self, prompts, n, num_steps, guidance_scale, seed, sampler, negative_prompt):
+    def _prepare(self, prompts, n, num_steps, guidance_scale, seed, sampler, negative_prompt,
+                 negative_scale=None):
         """Validate everything, encode the prompts, make the guided eps_fn and the sampler."""
         prompts = check_prompts(prompts)
         if n is not None and len(prompts) == 1 and n > 1:
@@ -355,9 +356,19 @@ class LatentDiffusionPipeline:
             raise ValueError(f"give one negative prompt, or one per prompt ({len(prompts)}); "
                              f"got {len(negative)}")
         context, mask = self.encode_prompts(prompts)                 # (N, L, D), (N, L)
-        uncond, uncond_mask = self.encode_prompts(negative)
-        eps_fn = classifier_free_guidance(self.denoiser, context, uncond, guidance_scale,
-                                          context_mask=mask, uncond_mask=uncond_mask)
+        if negative_scale is None:                                   # SD: the negative replaces the empty prompt
+            uncond, uncond_mask = self.encode_prompts(negative)
+            eps_fn = classifier_free_guidance(self.denoiser, context, uncond, guidance_scale,
+                                              context_mask=mask, uncond_mask=uncond_mask)
+        else:                                                        # Perp-Neg: pushed away from, separately
+            if negative_prompt is None:
+                raise ValueError("negative_scale weighs a negative_prompt; give one (e.g. negative_prompt='red')")
+            negative_scale = check_float(negative_scale, "negative_scale", 0.0, MAX_GUIDANCE)
+            uncond, uncond_mask = self.encode_prompts([""])
+            negative_context, negative_mask = self.encode_prompts(negative)
+            eps_fn = perpendicular_negative_guidance(self.denoiser, context, uncond, negative_context,
+                                                     guidance_scale, negative_scale, context_mask=mask,
+                                                     uncond_mask=uncond_mask, negative_mask=negative_mask)
         generator = image_generators(seed, len(prompts))             # one per image: seed + i
         return prompts, eps_fn, self.make_sampler(sampler, num_steps), generator
 
@@ -376,7 +387,7 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def __call__(self, prompts, num_steps: int | None = None, guidance_scale: float = 3.0, seed: int = 0,
                  sampler: str | None = None, negative_prompt=None, return_trajectory: bool = False,
-                 progress: bool = False, return_attention: bool = False):
+                 progress: bool = False, return_attention: bool = False, negative_scale: float | None = None):
         """Text to image: one image per prompt -> float (N, 3, 32, 32) in [0, 1].
 
         Image i has its own random generator, torch.Generator().manual_seed(seed + i) on the
@@ -388,12 +399,16 @@ class LatentDiffusionPipeline:
         decode. With return_trajectory=True also returns the decoded intermediate
         latents, (T, N, 3, 32, 32). sampler="ddpm" runs all T steps (num_steps is for DDIM);
         sampler=None is the model's default, "ddim" (or "euler" for a flow model).
+        negative_prompt: what not to draw. By default its prediction replaces the empty prompt's
+        in guidance (Stable Diffusion's way); with negative_scale=w_neg it is pushed away from
+        separately, only along what the prompt does not share with it (Perp-Neg; see
+        samplers.perpendicular_negative_guidance: three predictions per step instead of two).
         With return_attention=True the last item returned is each prompt token's cross-attention
         map (N, L, 8, 8), averaged over heads, layers and steps, summing to 1 over the grid
         (padding tokens: zeros; see attention_maps.py).
         """
         prompts, eps_fn, sampler, generator = self._prepare(
-            prompts, None, num_steps, guidance_scale, seed, sampler, negative_prompt)
+            prompts, None, num_steps, guidance_scale, seed, sampler, negative_prompt, negative_scale)
         zT = self._noise(len(prompts), generator)
         store = AttentionStore(len(prompts), self.config.latent_size) if return_attention else None
         with attention_hook(self.unet, store):
@@ -408,7 +423,8 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def img2img(self, images, prompts, strength: float = 0.6, num_steps: int | None = None,
                 guidance_scale: float = 3.0, seed: int = 0, sampler: str | None = None,
-                negative_prompt=None, return_trajectory: bool = False, progress: bool = False):
+                negative_prompt=None, return_trajectory: bool = False, progress: bool = False,
+                negative_scale: float | None = None):
         """Image + text to image (SDEdit): encode, noise to the strength's timestep, denoise.
 
         strength 0 keeps the image (up to the VAE's reconstruction), 1 starts from
@@ -419,7 +435,7 @@ class LatentDiffusionPipeline:
         strength = check_float(strength, "strength", 0.0, 1.0)
         images = check_images(images, self.config.image_size)
         prompts, eps_fn, sampler, generator = self._prepare(
-            prompts, len(images), num_steps, guidance_scale, seed, sampler, negative_prompt)
+            prompts, len(images), num_steps, guidance_scale, seed, sampler, negative_prompt, negative_scale)
         z0 = self.encode_images(images)                              # step 1: (N, 4, 8, 8)
         zt, start_index = img2img_start(sampler, z0, strength, generator=generator)
         out = sample(eps_fn, sampler, zt, generator=generator, start_index=start_index,
@@ -432,7 +448,7 @@ class LatentDiffusionPipeline:
     @torch.no_grad()
     def inpaint(self, images, masks, prompts, num_steps: int | None = None, guidance_scale: float = 3.0,
                 seed: int = 0, sampler: str | None = None, negative_prompt=None, progress: bool = False,
-                paste_back: bool = True):
+                paste_back: bool = True, negative_scale: float | None = None):
         """Repaint the masked part of images to match the prompts, keep the rest.
 
         images float (N, 3, 32, 32) in [0, 1]; masks (N, 1, 32, 32) or (N, 32, 32), bool or
@@ -444,7 +460,7 @@ class LatentDiffusionPipeline:
         images = check_images(images, self.config.image_size).to(self.device)
         masks = check_masks(masks, len(images), self.config.image_size).to(self.device)
         prompts, eps_fn, sampler, generator = self._prepare(
-            prompts, len(images), num_steps, guidance_scale, seed, sampler, negative_prompt)
+            prompts, len(images), num_steps, guidance_scale, seed, sampler, negative_prompt, negative_scale)
         zT = self._noise(len(images), generator)                     # (N, 4, 8, 8)
         known = KnownRegion(sampler, self.encode_images(images), latent_mask(masks, self.config.latent_size),
                             noise=zT)

@@ -10,6 +10,7 @@ network lives in `sample(eps_fn, sampler, xT)`, a dozen lines.
     DDIMInversion DDIM backwards: a clean x0 -> its x_t, for editing a real image (lesson 09)
     FlowEulerSampler, FlowHeunSampler   rectified flow: integrate dx/ds = v from s = 1 to 0 (lesson 08)
     classifier_free_guidance   wraps a conditional model into eps_fn (used in lesson 06)
+    perpendicular_negative_guidance   the same with a negative prompt pushed away from (lesson 09)
     img2img_start              SDEdit: start from a noised real image instead of pure noise
 
 Each sampler owns the clipping of its x0 prediction (`clip_x0`: a range [-c, c], or
@@ -356,6 +357,49 @@ def classifier_free_guidance(model, context, uncond_context, guidance_scale: flo
         eps = model(torch.cat([xt, xt]), torch.cat([t, t]), context=both_context, context_mask=mask)
         eps_u, eps_c = eps.chunk(2)                                         # (B, ...) each
         return eps_u + guidance_scale * (eps_c - eps_u)
+
+    return eps_fn
+
+
+def _perpendicular(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The part of each a[i] orthogonal to b[i] (flattened per sample): a - (a.b / b.b) b."""
+    a_flat, b_flat = a.flatten(1), b.flatten(1)                                   # (B, D)
+    along = (a_flat * b_flat).sum(1, keepdim=True) / b_flat.pow(2).sum(1, keepdim=True).clamp_min(1e-12)
+    return (a_flat - along * b_flat).view_as(a)
+
+
+def perpendicular_negative_guidance(model, context, uncond_context, negative_context, guidance_scale: float,
+                                    negative_scale: float, context_mask=None, uncond_mask=None,
+                                    negative_mask=None):
+    """Classifier-free guidance that also steers *away* from a negative prompt (Perp-Neg,
+    Armandpour et al., 2023):
+
+        eps = eps_u + w (eps_c - eps_u) - w_neg perp(eps_n - eps_u, eps_c - eps_u)
+
+    eps_u: the empty prompt, eps_c: the prompt, eps_n: the negative prompt. Stable
+    Diffusion's negative prompt instead *replaces* eps_u by eps_n, which is the same as
+    w_neg = w - 1 without the projection. The projection keeps only the part of the
+    negative direction that the prompt's own direction does not share, so a strong
+    w_neg removes "cyan" without also pushing away from the "large circle in the
+    center" that the negative prediction shares with the prompt. Three predictions
+    per step, from one batched forward of [uncond; negative; cond] (cond last, as the
+    attention hooks expect).
+
+    context, negative_context (B, L, D); uncond_context (B or 1, L, D); masks (B, L) bool.
+    Taught in notebooks/09_toolbox.ipynb.
+    """
+    B = context.shape[0]
+    uncond_context = uncond_context.expand(B, *uncond_context.shape[1:])
+    true_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    masks = [true_mask if m is None else m.bool().expand(B, -1) for m in (uncond_mask, negative_mask, context_mask)]
+    all_context = torch.cat([uncond_context, negative_context, context])              # (3B, L, D)
+    mask = torch.cat(masks)                                                            # (3B, L)
+
+    def eps_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = model(torch.cat([xt, xt, xt]), torch.cat([t, t, t]), context=all_context, context_mask=mask)
+        eps_u, eps_n, eps_c = eps.chunk(3)                                             # (B, ...) each
+        away = _perpendicular(eps_n - eps_u, eps_c - eps_u)
+        return eps_u + guidance_scale * (eps_c - eps_u) - negative_scale * away
 
     return eps_fn
 

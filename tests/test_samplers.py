@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from minildm.samplers import (DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start,
+                              perpendicular_negative_guidance,
                               sample)
 from minildm.schedule import NoiseSchedule
 
@@ -139,6 +140,37 @@ def test_guidance_scales():
     assert torch.allclose(w0, eps_u, atol=1e-6)              # w = 0: the unconditional model
     w3 = classifier_free_guidance(model, cond, uncond, 3.0, context_mask=mask)(x, t)
     assert torch.allclose(w3, eps_u + 3 * (eps_c - eps_u), atol=1e-5)
+
+
+class SpatialConditional(torch.nn.Module):
+    """eps = 0.5 x + (the prompt's first 4 pooled numbers, one per channel) x a fixed 8x8 pattern:
+    prompts differ along different directions, so a projection has something to remove."""
+    pattern = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x, t, context=None, context_mask=None):
+        weights = torch.ones(context.shape[:2]) if context_mask is None else context_mask.float()
+        pooled = (context * weights[..., None]).sum(1)                            # (B, D)
+        return x * 0.5 + pooled[:, :4, None, None] * self.pattern
+
+
+def test_perpendicular_negative_guidance_pushes_only_across_the_prompt():
+    """Perp-Neg: eps_u + w (eps_c - eps_u) - w_neg perp(eps_n - eps_u, eps_c - eps_u); the push is
+    orthogonal to the prompt's direction, zero for a negative prompt equal to the empty one."""
+    model, w, w_neg = SpatialConditional(), 3.0, 5.0
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([1, 500, 999])
+    cond, uncond, negative = torch.randn(3, 5, 6), torch.randn(1, 5, 6), torch.randn(3, 5, 6)
+    ones = torch.ones(3, 5, dtype=torch.bool)
+    eps_c, eps_u, eps_n = (model(x, t, c, ones) for c in (cond, uncond.expand(3, -1, -1), negative))
+    guided = perpendicular_negative_guidance(model, cond, uncond, negative, w, w_neg)(x, t)
+    push = (eps_u + w * (eps_c - eps_u) - guided) / w_neg                       # = perp(eps_n - eps_u, ...)
+    along = (push.flatten(1) * (eps_c - eps_u).flatten(1)).sum(1)
+    assert along.abs().max() < 1e-3 * (eps_c - eps_u).flatten(1).norm(dim=1).max()   # orthogonal to the prompt
+    assert push.abs().max() > 0.1                                              # and not nothing
+    d, c = (eps_n - eps_u).flatten(1), (eps_c - eps_u).flatten(1)
+    expected = d - (d * c).sum(1, keepdim=True) / c.pow(2).sum(1, keepdim=True) * c
+    torch.testing.assert_close(push.flatten(1), expected, atol=1e-4, rtol=1e-4)
+    same = perpendicular_negative_guidance(model, cond, uncond, uncond.expand(3, -1, -1), w, w_neg)(x, t)
+    torch.testing.assert_close(same, classifier_free_guidance(model, cond, uncond, w)(x, t), atol=1e-5, rtol=1e-5)
 
 
 def test_guidance_uses_one_batched_forward():

@@ -455,3 +455,17 @@ def test_negative_prompt_test_reports_the_most_frequent_colour_and_each_negative
     for negative, row in result["with"].items():
         assert row["rate_before"] == result["without"]["color_counts"][negative] / 4
         assert row["rate_after"] == row["color_counts"][negative] / 4
+    assert set(result["with_negative_scale"][str(toolbox.NEGATIVE_SCALE)]) == {"red", most}   # Perp-Neg rows
+
+
+def test_negative_scale_is_perp_neg_and_checked(pipe):
+    """negative_scale switches the pipeline to Perp-Neg; with an empty negative prompt it is plain guidance."""
+    plain = pipe(PROMPTS, num_steps=2, seed=3)
+    empty = pipe(PROMPTS, num_steps=2, seed=3, negative_prompt="", negative_scale=5.0)
+    torch.testing.assert_close(empty, plain, atol=1e-4, rtol=0)
+    pushed = pipe(PROMPTS, num_steps=2, seed=3, negative_prompt="red", negative_scale=5.0)
+    assert (pushed - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="negative_scale weighs a negative_prompt"):
+        pipe(PROMPTS, num_steps=2, negative_scale=5.0)
+    with pytest.raises(ValueError, match="negative_scale"):
+        pipe(PROMPTS, num_steps=2, negative_prompt="red", negative_scale=-1.0)

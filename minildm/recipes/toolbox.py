@@ -7,7 +7,8 @@ tool, and lets the judge (data/judge.py) read the result:
                            read back, PSNR outside the mask
     partial_prompt_test    prompts naming some attributes: named ones right, unnamed ones varied
     negative_prompt_test   "a large circle in the center" without a negative prompt, and with "red" and
-                           with its most frequent colour (the partial model: it leaves the colour open)
+                           with its most frequent colour (the partial model: it leaves the colour open),
+                           Stable Diffusion's way and with Perp-Neg (negative_scale)
     attention_test         attention mass of colour / shape / size / position words inside the
                            generated object, relative to the object's share of the image
     editing_test           change only the colour, or only the shape, of rendered images: plain
@@ -38,6 +39,7 @@ from ..pipeline import LatentDiffusionPipeline
 from ..samplers import classifier_free_guidance, sample
 from ..train import pick_device
 
+NEGATIVE_SCALE = 8.0      # Perp-Neg weight the negative-prompt test measures (besides SD's replacement)
 PARTS = ("inpainting", "partial_prompts", "negative_prompt", "attention", "editing", "samplers", "first_step")
 LIT = 0.5                    # a pixel belongs to the object when its brightest channel is above this
                              # (the judge's own rule for its mask)
@@ -142,21 +144,25 @@ def named_right(read: torch.Tensor, named: dict) -> torch.Tensor:
 
 def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large circle in the center",
                          named: dict | None = None, negatives=("red", None), n: int = 100,
-                         num_steps: int = 50, guidance_scale: float = 3.0, batch_size: int = 100) -> dict:
+                         num_steps: int = 50, guidance_scale: float = 3.0, batch_size: int = 100,
+                         negative_scales=(NEGATIVE_SCALE,)) -> dict:
     """n seeds of a prompt that leaves the colour open, without and with each negative prompt:
     how often the judge reads the negative colour, and how often the named attributes are right.
 
     negatives: colour words; None stands for the colour the prompt gets most often without a
     negative prompt (the one a user would want to be rid of: guidance makes an open attribute
     collapse towards one value). named: the attributes the prompt names (default: those of
-    "a large circle in the center"). Meaningful on a model trained on partial prompts (the
-    shipped "partial" one, evaluate()'s default).
+    "a large circle in the center"). "with": Stable Diffusion's negative prompt (it replaces the
+    empty prompt in guidance); "with_negative_scale": Perp-Neg at each of negative_scales
+    (pipe(..., negative_scale=)). Meaningful on a model trained on partial prompts (the shipped
+    "partial" one, evaluate()'s default).
     """
     named = named or {"shape": "circle", "size": "large", "position": "center"}
 
-    def run(negative):
+    def run(negative, scale=None):
+        extra = {} if scale is None else {"negative_scale": scale}
         images = _batched(lambda i, j: pipe([prompt] * (j - i), num_steps=num_steps, guidance_scale=guidance_scale,
-                                            seed=i, negative_prompt=negative), n, batch_size)
+                                            seed=i, negative_prompt=negative, **extra), n, batch_size)
         read = judge(images)["labels"]                                            # (n, 4)
         right = named_right(read, {a: shapes.ATTRIBUTE_VALUES[a].index(v) for a, v in named.items()})
         counts = torch.bincount(read[:, 1], minlength=len(shapes.COLOR_NAMES))
@@ -164,13 +170,18 @@ def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large c
 
     without = run(None)
     most = max(without["color_counts"], key=without["color_counts"].get)
-    result = {"prompt": prompt, "count": n, "most_frequent_color": most, "without": without, "with": {}}
+    result = {"prompt": prompt, "count": n, "most_frequent_color": most, "without": without, "with": {},
+              "with_negative_scale": {}}
     for negative in negatives:
         negative = negative or most
-        row = run(negative)
-        row["rate_before"] = round(without["color_counts"][negative] / n, 4)
-        row["rate_after"] = round(row["color_counts"][negative] / n, 4)
-        result["with"][negative] = row
+        for scale in (None, *negative_scales):
+            row = run(negative, scale)
+            row["rate_before"] = round(without["color_counts"][negative] / n, 4)
+            row["rate_after"] = round(row["color_counts"][negative] / n, 4)
+            if scale is None:
+                result["with"][negative] = row
+            else:
+                result["with_negative_scale"].setdefault(str(scale), {})[negative] = row
     return result
 
 
