@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from .attention_maps import AttentionInjector, attention_hook
+from .guidance import classifier_free_guidance
 from .inputs import check_float, check_images, check_prompts
-from .samplers import DDIMInversion, classifier_free_guidance, sample
+from .samplers import DDIMInversion, sample
 
 
 def latent_mask(masks: torch.Tensor, latent_size: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ unknown keys are refused. Every failure raises WeightsError naming the file,
 the field and what is allowed.
 
 Used by weights_io.load_config and weights_io.from_pretrained (every model folder)
-and pipeline.load_pipeline_config (pipeline.json in its older layout too).
+and pipeline_config.load_pipeline_config (pipeline.json in its older layout too).
 """
 from __future__ import annotations
 

@@ -35,8 +35,9 @@ from .. import editing, ecosystem
 from ..attention_maps import AttentionStore, attention_hook, word_index
 from ..data import shapes
 from ..data.judge import grade_conditional, judge
+from ..guidance import classifier_free_guidance
 from ..pipeline import LatentDiffusionPipeline
-from ..samplers import classifier_free_guidance, sample
+from ..samplers import sample
 from ..train import pick_device
 
 NEGATIVE_SCALE = 8.0      # Perp-Neg weight the negative-prompt test measures (besides SD's replacement)
