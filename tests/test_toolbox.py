@@ -19,7 +19,7 @@ from minildm.inputs import check_masks, load_image, save_images
 from minildm.objectives import DiffusionConfig
 from minildm.pipeline import LatentDiffusionPipeline, PipelineConfig
 from minildm.recipes import ldm
-from minildm.recipes import toolbox
+from minildm.recipes import sampler_eval, toolbox
 from minildm.recipes.clip import PRESETS as CLIP_PRESETS
 from minildm.recipes.vae import PRESETS as VAE_PRESETS
 from minildm.samplers import DDIMInversion, DDIMSampler, sample
@@ -311,7 +311,7 @@ def test_adapter_matches_our_ddim(pipe):
 @needs_diffusers
 def test_scheduler_is_configured_from_our_diffusion_config():
     diffusion = DiffusionConfig(schedule="linear", num_timesteps=1000, prediction="v")
-    scheduler = ecosystem.make_scheduler("dpm++2m", diffusion, 10)
+    scheduler = ecosystem.make_scheduler("dpm++2m", diffusion, 10, lambda_min=None)
     assert torch.equal(scheduler.betas, diffusion.make_schedule().beta)     # our betas, exactly
     assert scheduler.config.prediction_type == "v_prediction"
     assert scheduler.timesteps.tolist() == DDIMSampler(diffusion.make_schedule(), 10).timesteps.tolist()
@@ -327,15 +327,18 @@ def test_trailing_timesteps_are_our_ddims_from_999():
 
 
 def test_solvers_start_where_lambda_reaches_lambda_min():
-    """Cosine: lambda_999 = -9.9, so the solvers start at 995, the last t with lambda >= -5.1;
-    the linear schedule (lambda_999 = -5.06) keeps 999; lambda_min=None always gives T - 1."""
+    """Cosine: lambda_999 = -9.9, so the solvers start at 979, the last t with lambda >= -3.5
+    (995 at the solvers' authors' -5.1); the linear schedule (lambda_999 = -5.06) keeps 999 at
+    -5.1 and is cut at 830 by -3.5; lambda_min=None always gives T - 1."""
     cosine = DiffusionConfig(schedule="cosine").make_schedule()
+    linear = DiffusionConfig(schedule="linear").make_schedule()
     alpha_bar = cosine.alpha_bar_f64
     lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))
     t_max = ecosystem.start_timestep(cosine)
-    assert t_max == 995 and lam[t_max] >= ecosystem.LAMBDA_MIN > lam[t_max + 1]
-    assert ecosystem.start_timestep(DiffusionConfig(schedule="linear").make_schedule()) == 999
-    assert ecosystem.start_timestep(cosine, lambda_min=None) == 999
+    assert t_max == 979 and lam[t_max] >= ecosystem.LAMBDA_MIN > lam[t_max + 1]
+    assert ecosystem.start_timestep(cosine, lambda_min=-5.1) == 995
+    assert ecosystem.start_timestep(linear, lambda_min=-5.1) == 999 and ecosystem.start_timestep(linear) == 830
+    assert ecosystem.start_timestep(cosine, lambda_min=None) == ecosystem.start_timestep(linear, lambda_min=None) == 999
 
 
 @needs_diffusers
@@ -344,10 +347,33 @@ def test_each_scheduler_starts_at_t_max_with_our_alpha_bars(name):
     diffusion = DiffusionConfig(schedule="cosine")
     for num_steps in (5, 10, 20, 50):
         sampler = ecosystem.DiffusersSampler(name, diffusion, num_steps)
-        assert sampler.timesteps.tolist() == ecosystem.trailing_timesteps(995, num_steps).tolist()
+        assert sampler.timesteps.tolist() == ecosystem.trailing_timesteps(979, num_steps).tolist()
     scheduler = ecosystem.make_scheduler(name, diffusion, 10)
-    assert torch.allclose(scheduler.alphas_cumprod.double(), diffusion.make_schedule().alpha_bar_f64[:996], rtol=1e-4)
+    assert torch.allclose(scheduler.alphas_cumprod.double(), diffusion.make_schedule().alpha_bar_f64[:980], rtol=1e-4)
     assert ecosystem.make_scheduler(name, diffusion, 10, lambda_min=None).timesteps[0] == 999
+
+
+def test_solver_start_is_chosen_on_captions_the_table_does_not_use():
+    table = {tuple(l) for l in sampler_eval.table_labels().tolist()}
+    validation = {tuple(l) for l in sampler_eval.validation_labels().tolist()}
+    assert len(table) == len(validation) == 90 and table.isdisjoint(validation)
+
+
+@needs_diffusers
+def test_solver_start_test_cuts_the_process_where_asked(pipe):
+    start = ecosystem.start_timestep(pipe.schedule)
+    with sampler_eval._StartAt(pipe, None):                                   # the solvers from 999 ...
+        assert int(pipe.make_sampler("unipc", 10).timesteps[0]) == 999
+        assert int(pipe.make_sampler("ddim", 10).timesteps[0]) == 999     # ... our DDIM untouched
+    assert "make_sampler" not in vars(pipe)                                # and the pipeline restored
+    assert int(pipe.make_sampler("unipc", 10).timesteps[0]) == start
+    result = toolbox.solver_start_test(pipe, lambdas=(None, ecosystem.LAMBDA_MIN), samplers=("unipc",),
+                                       n=2, seeds=(0, 5), num_steps=3)
+    rows = result["rows"]
+    assert rows["None/unipc"]["t_max"] == 999 and rows[f"{ecosystem.LAMBDA_MIN}/unipc"]["t_max"] == start
+    for row in rows.values():
+        assert len(row["per_seed"]) == 2 and 0 <= row["all_four"] <= 1
+        assert row["all_four"] == round(sum(row["per_seed"]) / 2, 4)
 
 
 @needs_diffusers

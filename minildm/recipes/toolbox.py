@@ -13,9 +13,8 @@ tool, and lets the judge (data/judge.py) read the result:
                            generated object, relative to the object's share of the image
     editing_test           change only the colour, or only the shape, of rendered images: plain
                            img2img (a strength sweep), DDIM inversion, prompt-to-prompt
-    sampler_table          all-four accuracy vs steps for our DDIM and diffusers' solvers
-    first_step_test        10-step DDIM starting at t = 999 (as our DDIM does), 995 (as the diffusers
-                           solvers do, ecosystem.LAMBDA_MIN) or 979
+    sampler_table, first_step_test, solver_start_test
+                           few-step sampling: in sampler_eval.py (re-exported here)
 
     python -m minildm evaluate toolbox [--quick] [--json docs/toolbox.json]
     python -c "from minildm.recipes import toolbox; print(toolbox.evaluate(parts=['inpainting']))"
@@ -34,14 +33,14 @@ import torch.nn.functional as F
 from .. import editing, ecosystem
 from ..attention_maps import AttentionStore, attention_hook, word_index
 from ..data import shapes
-from ..data.judge import grade_conditional, judge
-from ..guidance import classifier_free_guidance
+from ..data.judge import judge
 from ..pipeline import LatentDiffusionPipeline
-from ..samplers import sample
 from ..train import pick_device
+from .sampler_eval import START_LAMBDAS, first_step_test, sampler_table, solver_start_test  # noqa: F401
 
 NEGATIVE_SCALE = 8.0      # Perp-Neg weight the negative-prompt test measures (besides SD's replacement)
-PARTS = ("inpainting", "partial_prompts", "negative_prompt", "attention", "editing", "samplers", "first_step")
+PARTS = ("inpainting", "partial_prompts", "negative_prompt", "attention", "editing", "samplers", "first_step",
+         "solver_start")
 LIT = 0.5                    # a pixel belongs to the object when its brightest channel is above this
                              # (the judge's own rule for its mask)
 
@@ -334,51 +333,6 @@ def editing_test(pipe: LatentDiffusionPipeline, n: int = 108, strengths=(0.5, 0.
     return result
 
 
-def sampler_table(pipe: LatentDiffusionPipeline, samplers=("ddim",) + ecosystem.SAMPLERS[:3],
-                  steps=(5, 10, 20, 50), n: int = 90, guidance_scale: float = 3.0, batch_size: int = 90) -> dict:
-    """All-four accuracy (grade_conditional) of n fixed seen canonical captions (every third one)
-    for each sampler and number of steps, one seed per caption."""
-    labels = shapes.split_labels("train")[::3][:n]                        # a fixed subset
-    prompts = [shapes.caption(l) for l in labels]
-    table = {}
-    for name in samplers:
-        for num_steps in steps:
-            t0 = time.perf_counter()
-            images = _batched(lambda i, j: pipe(prompts[i:j], num_steps=num_steps, guidance_scale=guidance_scale,
-                                                seed=i, sampler=name), len(prompts), batch_size)
-            graded = grade_conditional(images, labels)
-            table.setdefault(name, {})[num_steps] = {"all_four": graded["all_four"], "clean": graded["clean"],
-                                                     "first_t": int(pipe.make_sampler(name, num_steps).timesteps[0]),
-                                                     "seconds": round(time.perf_counter() - t0, 1)}
-    return {"count": len(prompts), "guidance_scale": guidance_scale, "table": table}
-
-
-def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_steps: int = 10, n: int = 90,
-                    guidance_scale: float = 3.0, seed: int = 0) -> dict:
-    """Why few steps fail: our DDIM over num_steps timesteps spread evenly over 0..first
-    (ecosystem.trailing_timesteps: for 995 the diffusers solvers' own timesteps), for each first
-    timestep, on the sampler table's captions and one starting noise -> all-four accuracy.
-
-    At t = 999 the cosine schedule's alpha_bar is ~2e-9: the eps model's z0 there is noise,
-    clipped to +-clip_x0, and the next timestep keeps sqrt(alpha_bar) of it.
-    """
-    labels = shapes.split_labels("train")[::3][:n]
-    context, mask = pipe.encode_prompts([shapes.caption(l) for l in labels])
-    uncond, uncond_mask = pipe.encode_prompts([""] * len(labels))
-    eps_fn = classifier_free_guidance(pipe.denoiser, context, uncond, guidance_scale, mask, uncond_mask)
-    zT = torch.randn(len(labels), pipe.config.latent_channels, pipe.config.latent_size, pipe.config.latent_size,
-                     generator=torch.Generator().manual_seed(seed)).to(pipe.device)
-    result = {"count": len(labels), "num_steps": num_steps}
-    for first in firsts:
-        sampler = pipe.make_sampler("ddim", num_steps)
-        sampler.timesteps = ecosystem.trailing_timesteps(first, num_steps)                 # first, ..., descending
-        images = pipe.decode_latents(sample(eps_fn, sampler, zT, progress=False)).cpu()
-        result[f"first_t_{first}"] = {"timesteps": sampler.timesteps.tolist(),
-                                      **{k: v for k, v in grade_conditional(images, labels).items()
-                                         if k in ("all_four", "clean")}}
-    return result
-
-
 PARTIAL_WEIGHTS = "partial"  # the shipped model trained with partial prompts (minildm/weights/partial/)
 NEEDS_PARTIAL = ("partial_prompts", "negative_prompt")   # parts measured on that model by default
 
@@ -409,6 +363,8 @@ def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto",
         "editing": lambda: editing_test(pipe, n=n),
         "samplers": lambda: sampler_table(pipe, n=12 if quick else 90, steps=(5, 10) if quick else (5, 10, 20, 50)),
         "first_step": lambda: first_step_test(pipe, n=12 if quick else 90),
+        "solver_start": lambda: solver_start_test(pipe, n=12 if quick else 90, seeds=(0,) if quick else (0, 1000, 2000),
+                                                  lambdas=(-5.1, ecosystem.LAMBDA_MIN) if quick else START_LAMBDAS),
     }
     result = {"weights": str(pipe.sources["ldm"]), "partial_weights": str(partial_pipe.sources["ldm"])}
     for part in parts:
