@@ -53,7 +53,7 @@ import torch
 
 from .objectives import DiffusionConfig, eps_from_x0, x0_from_eps
 from .samplers import clip_limit
-from .schedule import NoiseSchedule
+from .schedule import LAMBDA_MIN, NoiseSchedule, start_timestep, trailing_timesteps  # noqa: F401  (re-exported)
 
 # name -> (diffusers class, its options besides the schedule)
 SCHEDULERS = {
@@ -64,7 +64,6 @@ SCHEDULERS = {
     "ddim-diffusers": ("DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": False, "steps_offset": 0}),
 }
 SAMPLERS = tuple(SCHEDULERS)
-LAMBDA_MIN = -3.5                           # sampling starts at the last t with lambda_t >= this (see above)
 SIGMA_SPACE = ("euler-discrete",)           # schedulers whose sample is x0 + sigma eps
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
@@ -80,26 +79,6 @@ def _diffusers():
         raise MissingExtraError(f"the diffusers samplers ({', '.join(SAMPLERS)}) need the diffusers "
                                 f"library: pip install minildm[diffusers]") from err
     return diffusers
-
-
-def start_timestep(schedule: NoiseSchedule, lambda_min: float | None = LAMBDA_MIN) -> int:
-    """t_max: the last timestep with lambda_t = log(sqrt(alpha_bar_t / (1 - alpha_bar_t))) >= lambda_min
-    (T - 1 when lambda_min is None)."""
-    T = schedule.num_timesteps
-    if lambda_min is None:
-        return T - 1
-    alpha_bar = schedule.alpha_bar_f64
-    lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))                  # (T,) decreasing in t
-    above = (lam >= lambda_min).nonzero()
-    return int(above.max()) if len(above) else 0
-
-
-def trailing_timesteps(t_max: int, num_steps: int) -> torch.Tensor:
-    """num_steps timesteps (long, descending) spread evenly over 0..t_max and ending-aligned, as
-    diffusers' timestep_spacing="trailing" makes them for a process of t_max + 1 timesteps:
-    t_max = 999, 10 steps -> 999, 899, ..., 99 (our DDIM's); t_max = 995 -> 995, 895, 796, ..., 99."""
-    steps = torch.arange(num_steps, dtype=torch.float64)
-    return (torch.round((t_max + 1) - steps * (t_max + 1) / num_steps) - 1).long()
 
 
 def make_scheduler(name: str, diffusion: DiffusionConfig, num_steps: int, prediction: str | None = None,

@@ -115,7 +115,8 @@ def invert(pipe, images, prompts, num_steps: int = 50, strength: float = 1.0,
     strength = check_float(strength, "strength", 0.0, 1.0)
     eps_fn = _guided_eps_fn(pipe, _one_per_image(prompts, len(images)), 1.0)
     sampler = pipe.make_sampler("ddim", num_steps)
-    inversion = DDIMInversion(pipe.schedule, sampler.num_steps, strength, clip_x0=sampler.clip_x0)
+    inversion = DDIMInversion(pipe.schedule, sampler.num_steps, strength, clip_x0=sampler.clip_x0,
+                              first_timestep=int(sampler.timesteps[0]))       # the same timesteps, walked up
     zt = sample(eps_fn, inversion, pipe.encode_images(images), progress=progress)
     return zt, len(sampler) - len(inversion)
 

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .objectives import FLOW_TIMESTEPS, flow_interpolate, x0_from_eps, x0_from_velocity
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, trailing_timesteps
 from .guidance import classifier_free_guidance, perpendicular_negative_guidance  # noqa: F401  (re-exported)
 
 
@@ -149,24 +149,28 @@ class DDIMSampler(_Sampler):
     eta = 0: no fresh noise, the same x_T always gives the same image, and few
     steps work well. eta = 1 over all T steps is DDPM's posterior step exactly.
 
-    Timesteps are spaced evenly and end-aligned ("trailing"): for 50 steps of
-    T = 1000, t = 999, 979, ..., 19, so sampling starts from pure noise.
+    Timesteps are spaced evenly over 0..first_timestep and end-aligned ("trailing"): for
+    50 steps of T = 1000, t = 999, 979, ..., 19. first_timestep defaults to T - 1 (pure
+    noise, the textbook start, which the course's pipelines keep); starting later, at
+    schedule.start_timestep (t = 979 for the cosine schedule), skips the first step, where an
+    eps model's x0 guess cannot be right (docs/results_toolbox.md, section 5).
 
     Taught in notebooks/03_ddim.ipynb.
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0,
-                 clip_x0: bool | float | None = True):
+                 clip_x0: bool | float | None = True, first_timestep: int | None = None):
         super().__init__(schedule, clip_x0)
         T = schedule.num_timesteps
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-            raise ValueError(f"num_steps must be an int in 1..{T} (the schedule's timesteps), got {num_steps!r}")
+        first = T - 1 if first_timestep is None else first_timestep
+        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first <= T - 1:
+            raise ValueError(f"first_timestep must be an int in 0..{T - 1} or None (= {T - 1}), got {first_timestep!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= first + 1:
+            raise ValueError(f"num_steps must be an int in 1..{first + 1} (the timesteps 0..{first}), got {num_steps!r}")
         if not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
         self.num_steps, self.eta = num_steps, float(eta)
-        spacing = T / num_steps
-        steps = torch.arange(num_steps, dtype=torch.float64)
-        self.timesteps = (torch.round(T - steps * spacing) - 1).long()   # (S,) descending, starts at T-1
+        self.timesteps = trailing_timesteps(first, num_steps)        # (S,) descending, starts at first
 
     def step(self, eps_pred: torch.Tensor, t: int, xt: torch.Tensor, generator=None):
         """eps_pred, xt (B, ...), t an int in self.timesteps -> (x_prev (B, ...), x0_pred (B, ...))."""
@@ -210,8 +214,8 @@ class DDIMInversion(DDIMSampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, strength: float = 1.0,
-                 clip_x0: bool | float | None = True):
-        super().__init__(schedule, num_steps, eta=0.0, clip_x0=clip_x0)
+                 clip_x0: bool | float | None = True, first_timestep: int | None = None):
+        super().__init__(schedule, num_steps, eta=0.0, clip_x0=clip_x0, first_timestep=first_timestep)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
             raise ValueError(f"strength must be a number in [0, 1] (the fraction of the steps inverted), "
                              f"got {strength!r}")

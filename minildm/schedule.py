@@ -26,6 +26,15 @@ Bayes' rule gives the posterior of one step when x0 is known:
 
 with alpha_bar_{-1} = 1 (at t = 0 the posterior is x0 itself).
 
+Where sampling starts (`start_timestep`). The log signal-to-noise ratio
+lambda_t = log(sqrt(alpha_bar_t / (1 - alpha_bar_t))) falls to -9.9 at t = 999 of the
+cosine schedule (alpha_bar ~2e-9): there an eps model's guess of x0 divides its error by
+5e-5 and is noise. The diffusers solvers of the latent pipeline (ecosystem.py) therefore start
+at the last t with lambda_t >= LAMBDA_MIN = -3.5 (t = 979 for the cosine schedule, alpha_bar
+1e-3; Stable Diffusion's own schedule ends at lambda -2.7), with their steps spread evenly over
+0..t_max (`trailing_timesteps`); DDIMSampler(first_timestep=...) can start there too. How -3.5
+was chosen: minildm/ecosystem.py and docs/results_toolbox.md.
+
 Taught in notebooks/01_forward_diffusion.ipynb.
 """
 from __future__ import annotations
@@ -40,6 +49,7 @@ LINEAR_BETA_START = 1e-4   # DDPM's beta_1 for T = 1000
 LINEAR_BETA_END = 0.02     # DDPM's beta_T for T = 1000
 COSINE_OFFSET = 0.008      # s in Nichol & Dhariwal (2021), keeps beta_0 from being tiny
 MAX_BETA = 0.999           # betas are clipped here so alpha never reaches 0
+LAMBDA_MIN = -3.5          # few-step samplers of a pipeline start at the last t with lambda_t >= this
 
 
 def linear_betas(num_timesteps: int) -> torch.Tensor:
@@ -183,3 +193,26 @@ class NoiseSchedule:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t); all T values when t is None."""
         snr = self.alpha_bar / (1 - self.alpha_bar)
         return snr if t is None else snr[self._check_t(t)]
+
+
+# ----------------------------------------------------------------------------
+# Where sampling starts
+
+def start_timestep(schedule: NoiseSchedule, lambda_min: float | None = LAMBDA_MIN) -> int:
+    """t_max: the last timestep with lambda_t = log(sqrt(alpha_bar_t / (1 - alpha_bar_t))) >= lambda_min
+    (T - 1 when lambda_min is None)."""
+    T = schedule.num_timesteps
+    if lambda_min is None:
+        return T - 1
+    alpha_bar = schedule.alpha_bar_f64
+    lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))                  # (T,) decreasing in t
+    above = (lam >= lambda_min).nonzero()
+    return int(above.max()) if len(above) else 0
+
+
+def trailing_timesteps(t_max: int, num_steps: int) -> torch.Tensor:
+    """num_steps timesteps (long, descending) spread evenly over 0..t_max and ending-aligned, as
+    diffusers' timestep_spacing="trailing" makes them for a process of t_max + 1 timesteps:
+    t_max = 999, 10 steps -> 999, 899, ..., 99 (our DDIM's); t_max = 995 -> 995, 895, 796, ..., 99."""
+    steps = torch.arange(num_steps, dtype=torch.float64)
+    return (torch.round((t_max + 1) - steps * (t_max + 1) / num_steps) - 1).long()

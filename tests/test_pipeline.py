@@ -372,3 +372,12 @@ def test_random_img2img_input(pipe, strength, shape, scale, dtype):
         assert str(err)
     else:
         assert x.shape[1:] == (3, 32, 32) and torch.isfinite(x).all()
+
+
+
+def test_evaluate_ldm_takes_another_sampler():
+    """evaluate(sampler=...) grades the same captions with another sampler and says which (quick: 36 captions)."""
+    pytest.importorskip("diffusers", reason="pip install minildm[diffusers]")
+    result = ldm.evaluate(quick=True, sampler="euler-discrete")
+    assert result["sampler"] == "euler-discrete 20 steps" and result["images"] == 36
+    assert 0.5 <= result["seen"]["all_four"] <= 1

@@ -3,7 +3,7 @@ guidance, img2img start, errors."""
 import pytest
 import torch
 
-from minildm.samplers import (DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start,
+from minildm.samplers import (DDIMInversion, DDIMSampler, DDPMSampler, classifier_free_guidance, img2img_start,
                               perpendicular_negative_guidance,
                               sample)
 from minildm.schedule import NoiseSchedule
@@ -26,6 +26,20 @@ def test_ddpm_timesteps_and_ddim_spacing():
     assert (ts[:-1] - ts[1:] == 20).all()
     assert DDIMSampler(SCHEDULE, 1000).timesteps.tolist() == list(range(999, -1, -1))
     assert DDIMSampler(SCHEDULE, 1).timesteps.tolist() == [999]
+
+
+def test_ddim_can_start_later_with_the_same_spacing():
+    """first_timestep = 979: trailing steps over 0..979 (the latent pipeline's start); bad values say what is allowed."""
+    assert DDIMSampler(SCHEDULE, 10, first_timestep=979).timesteps.tolist() == [979, 881, 783, 685, 587, 489, 391,
+                                                                                 293, 195, 97]
+    assert DDIMSampler(SCHEDULE, 10, first_timestep=999).timesteps.tolist() == DDIMSampler(SCHEDULE, 10).timesteps.tolist()
+    assert DDIMSampler(SCHEDULE, 980, first_timestep=979).timesteps.tolist() == list(range(979, -1, -1))
+    inversion = DDIMInversion(SCHEDULE, 10, strength=0.5, first_timestep=979)
+    assert inversion.timesteps.tolist() == [97, 195, 293, 391, 489]      # the same timesteps, walked up
+    with pytest.raises(ValueError, match=r"first_timestep must be an int in 0\.\.999"):
+        DDIMSampler(SCHEDULE, 10, first_timestep=1000)
+    with pytest.raises(ValueError, match=r"num_steps must be an int in 1\.\.980"):
+        DDIMSampler(SCHEDULE, 981, first_timestep=979)
 
 
 @pytest.mark.parametrize("clip_x0", [True, False])

@@ -293,12 +293,14 @@ def color_change_test(pipe: LatentDiffusionPipeline, n: int = 108, strength: flo
 
 
 def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int = 50,
-             guidance_scale: float = 3.0, batch_size: int = 108, device="auto") -> dict:
+             guidance_scale: float = 3.0, batch_size: int = 108, device="auto", sampler: str | None = None) -> dict:
     """Generate every canonical caption (a few seeds each) and grade with the judge.
 
     Returns per-attribute accuracy, all-four accuracy and clean rate on the seen
     captions and, separately, on the held-out (shape, color) pairs; seconds per
     image; and the img2img color-change test. quick: 36 captions, 1 seed, 20 steps.
+    sampler: None = the pipeline's default (DDIM from t = 999); e.g. "euler-discrete" is the
+    same DDIM in other coordinates, started where the diffusers solvers start (t = 979).
     """
     device = pick_device(device)
     pipe = LatentDiffusionPipeline.from_pretrained(weights, device=device)
@@ -310,7 +312,7 @@ def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int =
     images, t0 = [], time.perf_counter()
     for seed in range(seeds):
         for i in range(0, len(captions), batch_size):
-            images.append(pipe(captions[i:i + batch_size], num_steps=num_steps,
+            images.append(pipe(captions[i:i + batch_size], num_steps=num_steps, sampler=sampler,
                                guidance_scale=guidance_scale, seed=1000 * seed + i).cpu())
     seconds = time.perf_counter() - t0
     images, all_labels = torch.cat(images), labels.repeat(seeds, 1)
@@ -318,7 +320,7 @@ def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int =
     edit = color_change_test(pipe, n=12 if quick else 108, num_steps=num_steps,
                              guidance_scale=guidance_scale)
     return {
-        "weights": str(pipe.sources[NAME]), "sampler": f"ddim {num_steps} steps",
+        "weights": str(pipe.sources[NAME]), "sampler": f"{sampler or 'ddim'} {num_steps} steps",
         "guidance_scale": guidance_scale, "images": len(images), "device": str(device),
         "seen": grade_conditional(images[~held], all_labels[~held]),
         "held_out": grade_conditional(images[held], all_labels[held]) if held.any() else None,

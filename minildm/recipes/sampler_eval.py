@@ -29,7 +29,7 @@ from ..data import shapes
 from ..data.judge import grade_conditional
 from ..guidance import classifier_free_guidance
 from ..pipeline import LatentDiffusionPipeline
-from ..samplers import sample
+from ..samplers import DDIMSampler, sample
 
 SOLVERS = ecosystem.SAMPLERS[:3]                      # dpm++2m, unipc, euler-discrete
 START_LAMBDAS = (None, -5.1, -4.5, -4.0, -3.5, -3.0, -2.5)   # None: t = 999; -5.1: the solvers' authors' cut
@@ -84,8 +84,8 @@ def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_s
                      generator=torch.Generator().manual_seed(seed)).to(pipe.device)
     result = {"count": len(labels), "num_steps": num_steps}
     for first in firsts:
-        sampler = pipe.make_sampler("ddim", num_steps)
-        sampler.timesteps = ecosystem.trailing_timesteps(first, num_steps)                 # first, ..., descending
+        sampler = DDIMSampler(pipe.schedule, num_steps, clip_x0=pipe.make_sampler("ddim", num_steps).clip_x0,
+                              first_timestep=first)                                       # first, ..., descending
         images = pipe.decode_latents(sample(eps_fn, sampler, zT, progress=False)).cpu()
         result[f"first_t_{first}"] = {"timesteps": sampler.timesteps.tolist(),
                                       **{k: v for k, v in grade_conditional(images, labels).items()
