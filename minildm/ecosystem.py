@@ -23,9 +23,11 @@ lambda_min_clipped, -5.1 in its tests), which is t_max = 995 for our cosine sche
 model that cut is not enough at 10 steps (UniPC 90.7% all four right on validation captions,
 three seeds); cutting at lambda -4.0 gives 99.3%, and from -3.5 on the solvers stay on the
 plateau together (recipes/sampler_eval.py, solver_start_test, on captions the sampler table
-does not use; docs/results_toolbox.md, section 5). So t_max = 979 (alpha_bar 1e-3, lambda -3.47): 10 steps are 979, 881, 783, ..., 97.
-That is still a noisier start than Stable Diffusion's own: its scaled-linear schedule ends at
-lambda -2.7, which this cut leaves at T - 1. The linear schedule (lambda_999 = -5.06) is cut at
+does not use; docs/results_toolbox.md, section 5). So t_max = 979 (alpha_bar 1e-3, lambda
+-3.47): 10 steps are 979, 881, 783, ..., 97. LAMBDA_MIN, start_timestep and trailing_timesteps
+live in schedule.py (DDIMSampler(first_timestep=...) can start there too). That is still a
+noisier start than Stable Diffusion's own: its scaled-linear schedule ends at lambda -2.7,
+which this cut leaves at T - 1. The linear schedule (lambda_999 = -5.06) is cut at
 t_max = 830 (chosen on the cosine model, not measured on a linear one: pass lambda_min=-5.1 for
 the authors' cut). lambda_min=None gives our DDIM's timesteps exactly (the adapter's test uses it).
 

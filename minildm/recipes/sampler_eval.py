@@ -5,8 +5,8 @@
     first_step_test      our DDIM at 10 steps from one starting noise, its timesteps spread over
                          0..first for several first timesteps: how much of a solver's gain is its start
     solver_start_test    the 10-step solvers with the process cut at several lambda_min
-                         (ecosystem.start_timestep), on *validation* captions (the other thirds of the
-                         train split) and three seeds: how ecosystem.LAMBDA_MIN was chosen
+                         (schedule.start_timestep), on *validation* captions (the other thirds of the
+                         train split) and three seeds: how schedule.LAMBDA_MIN was chosen
 
 Why the start matters: at t = 999 the cosine schedule's alpha_bar is ~2e-9, so an eps
 model's z0 = (z_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) divides the network's error
@@ -30,6 +30,7 @@ from ..data.judge import grade_conditional
 from ..guidance import classifier_free_guidance
 from ..pipeline import LatentDiffusionPipeline
 from ..samplers import DDIMSampler, sample
+from ..schedule import start_timestep
 
 SOLVERS = ecosystem.SAMPLERS[:3]                      # dpm++2m, unipc, euler-discrete
 START_LAMBDAS = (None, -5.1, -4.5, -4.0, -3.5, -3.0, -2.5)   # None: t = 999; -5.1: the solvers' authors' cut
@@ -72,8 +73,8 @@ def sampler_table(pipe: LatentDiffusionPipeline, samplers=("ddim",) + SOLVERS, s
 def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_steps: int = 10, n: int = 90,
                     guidance_scale: float = 3.0, seed: int = 0) -> dict:
     """Why few steps fail: our DDIM over num_steps timesteps spread evenly over 0..first
-    (ecosystem.trailing_timesteps: 995 is where the solvers' authors cut a cosine schedule, 979
-    where ecosystem.LAMBDA_MIN starts them), for each first timestep, on the sampler table's
+    (schedule.trailing_timesteps: 995 is where the solvers' authors cut a cosine schedule, 979
+    where schedule.LAMBDA_MIN starts them), for each first timestep, on the sampler table's
     captions and one starting noise -> all-four accuracy.
     """
     labels = table_labels(n)
@@ -120,7 +121,7 @@ def solver_start_test(pipe: LatentDiffusionPipeline, lambdas=START_LAMBDAS, samp
     n validation captions (validation_labels, disjoint from the table's) with each seed offset
     (caption i gets seed + i) -> {"lambda_min/sampler": {t_max, lambda_t_max, all_four, clean, per_seed}}.
 
-    The choice of ecosystem.LAMBDA_MIN is made on these captions; the sampler table then
+    The choice of schedule.LAMBDA_MIN is made on these captions; the sampler table then
     measures it on its own captions.
     """
     labels = validation_labels(n)
@@ -130,7 +131,7 @@ def solver_start_test(pipe: LatentDiffusionPipeline, lambdas=START_LAMBDAS, samp
     lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))                                    # (T,)
     result = {"count": len(prompts), "seeds": list(seeds), "num_steps": num_steps, "rows": {}}
     for lambda_min in lambdas:
-        t_max = ecosystem.start_timestep(schedule, lambda_min)
+        t_max = start_timestep(schedule, lambda_min)
         with _StartAt(pipe, lambda_min):
             for name in samplers:
                 graded = [grade_conditional(_generate(pipe, prompts, num_steps, guidance_scale, name, seed), labels)

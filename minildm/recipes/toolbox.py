@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import editing, ecosystem
+from .. import editing
 from ..attention_maps import AttentionStore, attention_hook, word_index
 from ..data import shapes
 from ..data.judge import judge
 from ..pipeline import LatentDiffusionPipeline
+from ..schedule import LAMBDA_MIN
 from ..train import pick_device
 from .sampler_eval import START_LAMBDAS, first_step_test, sampler_table, solver_start_test  # noqa: F401
 
@@ -364,7 +365,7 @@ def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto",
         "samplers": lambda: sampler_table(pipe, n=12 if quick else 90, steps=(5, 10) if quick else (5, 10, 20, 50)),
         "first_step": lambda: first_step_test(pipe, n=12 if quick else 90),
         "solver_start": lambda: solver_start_test(pipe, n=12 if quick else 90, seeds=(0,) if quick else (0, 1000, 2000),
-                                                  lambdas=(-5.1, ecosystem.LAMBDA_MIN) if quick else START_LAMBDAS),
+                                                  lambdas=(-5.1, LAMBDA_MIN) if quick else START_LAMBDAS),
     }
     result = {"weights": str(pipe.sources["ldm"]), "partial_weights": str(partial_pipe.sources["ldm"])}
     for part in parts:
