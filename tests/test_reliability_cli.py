@@ -132,12 +132,18 @@ def test_an_unexpected_error_is_one_line_too(capsys, monkeypatch):
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a process")
 def test_ctrl_c_during_training_is_one_line(tmp_path):
     """The real command in its own interpreter (not a fork of this one: a child forked after torch's
-    OpenMP threads have run can deadlock in them, and a deadlocked process ignores Ctrl-C)."""
+    OpenMP threads have run can deadlock in them, and a deadlocked process ignores Ctrl-C).
+
+    SIGINT's Python handler is installed explicitly, as a terminal's shell leaves it: a process
+    started in the background by a non-interactive shell (CI, nohup) inherits SIGINT *ignored*,
+    and Python then keeps ignoring it."""
     out, err = tmp_path / "stdout", tmp_path / "stderr"
+    argv = ["train", "vae", "--preset", "tiny", "--steps", "100000", "--checkpoint-every", "5",
+            "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "r")]
+    child = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             f"from minildm.__main__ import main; sys.exit(main({argv!r}))")
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "minildm", "train", "vae", "--preset", "tiny", "--steps",
-                                 "100000", "--checkpoint-every", "5", "--out", str(tmp_path / "w"),
-                                 "--run-dir", str(tmp_path / "r")], stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=stdout, stderr=stderr)
         checkpoint = tmp_path / "r" / "vae" / "checkpoint"
         deadline = time.time() + 120
         while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
