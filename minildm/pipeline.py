@@ -47,7 +47,7 @@ from .editing import KnownRegion, latent_mask
 from .guidance import classifier_free_guidance, perpendicular_negative_guidance
 from .inputs import check_float, check_images, check_int, check_masks, check_prompts
 from .objectives import DiffusionConfig, as_eps_model
-from .pipeline_config import (DENOISERS, PipelineConfig, check_parts, fingerprint, latent_fingerprint,  # noqa: F401
+from .pipeline_config import (DENOISERS, PipelineConfig, check_parts, fingerprint, latent_fingerprint,
                               load_pipeline_config)
 from .samplers import DDIMSampler, DDPMSampler, FlowEulerSampler, FlowHeunSampler, img2img_start, sample
 from .text import PAD_ID, tokenize

@@ -40,7 +40,8 @@ from ..data import shapes
 from ..data.judge import grade_conditional
 from ..dit import DiT, DiTConfig
 from ..objectives import DiffusionConfig, TIMESTEP_SAMPLING, diffusion_loss, flow_matching_loss
-from ..pipeline import LatentDiffusionPipeline, PipelineConfig, fingerprint, latent_fingerprint
+from ..pipeline import LatentDiffusionPipeline
+from ..pipeline_config import PipelineConfig, fingerprint, latent_fingerprint
 from ..schedule import NoiseSchedule
 from ..text import VOCAB_SIZE
 from ..train import TrainConfig, pick_device, train

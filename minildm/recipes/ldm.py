@@ -25,7 +25,8 @@ from ..clip import MiniCLIP
 from ..data import shapes
 from ..data.judge import grade_conditional, judge
 from ..objectives import DiffusionConfig, diffusion_loss
-from ..pipeline import NAME, LatentDiffusionPipeline, PipelineConfig, fingerprint, latent_fingerprint
+from ..pipeline import NAME, LatentDiffusionPipeline
+from ..pipeline_config import PipelineConfig, fingerprint, latent_fingerprint
 from ..schedule import NoiseSchedule
 from ..text import PAD_ID, tokenize
 from ..train import TrainConfig, pick_device, train

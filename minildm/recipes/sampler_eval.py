@@ -83,10 +83,10 @@ def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_s
     eps_fn = classifier_free_guidance(pipe.denoiser, context, uncond, guidance_scale, mask, uncond_mask)
     zT = torch.randn(len(labels), pipe.config.latent_channels, pipe.config.latent_size, pipe.config.latent_size,
                      generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    clip = pipe.make_sampler("ddim", num_steps).clip_x0                              # the pipeline's z0 range
     result = {"count": len(labels), "num_steps": num_steps}
     for first in firsts:
-        sampler = DDIMSampler(pipe.schedule, num_steps, clip_x0=pipe.make_sampler("ddim", num_steps).clip_x0,
-                              first_timestep=first)                                       # first, ..., descending
+        sampler = DDIMSampler(pipe.schedule, num_steps, clip_x0=clip, first_timestep=first)  # first, ..., descending
         images = pipe.decode_latents(sample(eps_fn, sampler, zT, progress=False)).cpu()
         result[f"first_t_{first}"] = {"timesteps": sampler.timesteps.tolist(),
                                       **{k: v for k, v in grade_conditional(images, labels).items()
