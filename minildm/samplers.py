@@ -151,9 +151,10 @@ class DDIMSampler(_Sampler):
 
     Timesteps are spaced evenly over 0..first_timestep and end-aligned ("trailing"): for
     50 steps of T = 1000, t = 999, 979, ..., 19. first_timestep defaults to T - 1 (pure
-    noise, the textbook start, which the course's pipelines keep); starting later, at
+    noise, the textbook start, which lessons 02-03 use); starting later, at
     schedule.start_timestep (t = 979 for the cosine schedule), skips the first step, where an
-    eps model's x0 guess cannot be right (docs/results_toolbox.md, section 5).
+    eps model's x0 guess cannot be right (docs/results_toolbox.md, section 5): the latent
+    pipelines start there (LatentDiffusionPipeline.make_sampler).
 
     Taught in notebooks/03_ddim.ipynb.
     """

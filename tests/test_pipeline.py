@@ -20,6 +20,7 @@ from minildm.data.judge import grade_conditional
 from minildm.objectives import DiffusionConfig
 from minildm.pipeline import LatentDiffusionPipeline, PipelineConfig
 from minildm.samplers import DDIMSampler, sample
+from minildm.schedule import start_timestep
 from minildm.text import PromptError
 from minildm.unet import UNet
 from minildm.vae import TinyVAE
@@ -67,7 +68,7 @@ def test_guidance_one_is_the_conditional_prediction(pipe):
     context, mask = pipe.encode_prompts(PROMPTS)
     zT = torch.stack([torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + i))  # image i: seed + i
                       for i in range(2)])
-    sampler = DDIMSampler(pipe.schedule, num_steps=4, clip_x0=False)
+    sampler = DDIMSampler(pipe.schedule, num_steps=4, clip_x0=False, first_timestep=start_timestep(pipe.schedule))
     z0 = sample(lambda x, t: pipe.unet(x, t, context, mask), sampler, zT, progress=False)
     expected = pipe.decode_latents(z0)
     assert torch.allclose(pipe(PROMPTS, num_steps=4, guidance_scale=1.0, seed=7), expected, atol=1e-5)
@@ -381,3 +382,22 @@ def test_evaluate_ldm_takes_another_sampler():
     result = ldm.evaluate(quick=True, sampler="euler-discrete")
     assert result["sampler"] == "euler-discrete 20 steps" and result["images"] == 36
     assert 0.5 <= result["seen"]["all_four"] <= 1
+
+
+def test_ddim_starts_where_lambda_min_says(pipe):
+    """The pipeline's DDIM starts at t = 979 (log-SNR >= LAMBDA_MIN), not at 999 where alpha_bar ~ 2e-9;
+    pipe.lambda_min = None gives the textbook start; a bad value or too many steps: one clear error."""
+    assert pipe.lambda_min == -3.5 and float(pipe.schedule.alpha_bar[999]) < 1e-8
+    assert pipe.make_sampler("ddim", 50).timesteps[:2].tolist() == [979, 959]
+    assert int(pipe.make_sampler(None, 10).timesteps[-1]) == 97
+    pipe.lambda_min = None
+    try:
+        assert pipe.make_sampler("ddim", 50).timesteps[:2].tolist() == [999, 979]
+        pipe.lambda_min = "early"
+        with pytest.raises(ValueError, match=r"pipe.lambda_min \(or None\) must be a number"):
+            pipe.make_sampler("ddim", 50)
+    finally:
+        pipe.lambda_min = -3.5
+    with pytest.raises(ValueError, match="num_steps must be at most 980 for DDIM"):
+        pipe(PROMPTS, num_steps=1000)
+    assert pipe.make_sampler("ddpm", 1000).timesteps[0] == 999                 # DDPM walks all T steps

@@ -363,11 +363,12 @@ def test_solver_start_is_chosen_on_captions_the_table_does_not_use():
 @needs_diffusers
 def test_solver_start_test_cuts_the_process_where_asked(pipe):
     start = ecosystem.start_timestep(pipe.schedule)
-    with sampler_eval._StartAt(pipe, None):                                   # the solvers from 999 ...
+    with sampler_eval._StartAt(pipe, None):                                   # the solvers and DDIM from 999 ...
         assert int(pipe.make_sampler("unipc", 10).timesteps[0]) == 999
-        assert int(pipe.make_sampler("ddim", 10).timesteps[0]) == 999     # ... our DDIM untouched
-    assert "make_sampler" not in vars(pipe)                                # and the pipeline restored
-    assert int(pipe.make_sampler("unipc", 10).timesteps[0]) == start
+        assert int(pipe.make_sampler("ddim", 10).timesteps[0]) == 999
+    assert pipe.lambda_min == ecosystem.LAMBDA_MIN                          # ... and the pipeline restored
+    assert int(pipe.make_sampler("unipc", 10).timesteps[0]) == start == 979
+    assert int(pipe.make_sampler("ddim", 10).timesteps[0]) == start
     result = toolbox.solver_start_test(pipe, lambdas=(None, ecosystem.LAMBDA_MIN), samplers=("unipc",),
                                        n=2, seeds=(0, 5), num_steps=3)
     rows = result["rows"]

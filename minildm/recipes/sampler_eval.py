@@ -95,24 +95,17 @@ def first_step_test(pipe: LatentDiffusionPipeline, firsts=(999, 995, 979), num_s
 
 
 class _StartAt:
-    """pipe.make_sampler with the diffusers solvers' process cut at lambda_min (a context manager)."""
+    """pipe.lambda_min set for the length of a `with` block, and restored after it."""
 
     def __init__(self, pipe, lambda_min):
         self.pipe, self.lambda_min = pipe, lambda_min
 
     def __enter__(self):
-        make = type(self.pipe).make_sampler
-
-        def make_sampler(name, num_steps):
-            if name in ecosystem.SAMPLERS:
-                return ecosystem.DiffusersSampler(name, self.pipe.diffusion, num_steps,
-                                                  clip_x0=self.pipe.diffusion.clip_x0 or None, lambda_min=self.lambda_min)
-            return make(self.pipe, name, num_steps)
-        self.pipe.make_sampler = make_sampler                       # an instance attribute shadows the method
+        self.saved, self.pipe.lambda_min = self.pipe.lambda_min, self.lambda_min
         return self.pipe
 
     def __exit__(self, *exc):
-        del self.pipe.make_sampler
+        self.pipe.lambda_min = self.saved
 
 
 def solver_start_test(pipe: LatentDiffusionPipeline, lambdas=START_LAMBDAS, samplers=SOLVERS,
