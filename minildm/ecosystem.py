@@ -25,11 +25,11 @@ three seeds); cutting at lambda -4.0 gives 99.3%, and from -3.5 on the solvers s
 plateau together (recipes/sampler_eval.py, solver_start_test, on captions the sampler table
 does not use; docs/results_toolbox.md, section 5). So t_max = 979 (alpha_bar 1e-3, lambda
 -3.47): 10 steps are 979, 881, 783, ..., 97. LAMBDA_MIN, start_timestep and trailing_timesteps
-live in schedule.py (DDIMSampler(first_timestep=...) can start there too). That is still a
+live in schedule.py; the pipeline's DDIM starts there too (pipe.lambda_min). That is still a
 noisier start than Stable Diffusion's own: its scaled-linear schedule ends at lambda -2.7,
 which this cut leaves at T - 1. The linear schedule (lambda_999 = -5.06) is cut at
 t_max = 830 (chosen on the cosine model, not measured on a linear one: pass lambda_min=-5.1 for
-the authors' cut). lambda_min=None gives our DDIM's timesteps exactly (the adapter's test uses it).
+the authors' cut). lambda_min=None gives the textbook DDIM's timesteps from 999 exactly (the adapter's test uses it).
 
 `DiffusersSampler` puts a scheduler behind our sampler interface (`timesteps`,
 `step(eps_pred, t, xt)`), so samplers.sample runs it with the pipeline's guided

@@ -29,10 +29,10 @@ with alpha_bar_{-1} = 1 (at t = 0 the posterior is x0 itself).
 Where sampling starts (`start_timestep`). The log signal-to-noise ratio
 lambda_t = log(sqrt(alpha_bar_t / (1 - alpha_bar_t))) falls to -9.9 at t = 999 of the
 cosine schedule (alpha_bar ~2e-9): there an eps model's guess of x0 divides its error by
-5e-5 and is noise. The diffusers solvers of the latent pipeline (ecosystem.py) therefore start
-at the last t with lambda_t >= LAMBDA_MIN = -3.5 (t = 979 for the cosine schedule, alpha_bar
-1e-3; Stable Diffusion's own schedule ends at lambda -2.7), with their steps spread evenly over
-0..t_max (`trailing_timesteps`); DDIMSampler(first_timestep=...) can start there too. How -3.5
+5e-5 and is noise. The latent pipeline's samplers (its DDIM and the diffusers solvers of
+ecosystem.py) therefore start at the last t with lambda_t >= LAMBDA_MIN = -3.5 (t = 979 for the
+cosine schedule, alpha_bar 1e-3; Stable Diffusion's own schedule ends at lambda -2.7), with their
+steps spread evenly over 0..t_max (`trailing_timesteps`, DDIMSampler(first_timestep=...)). How -3.5
 was chosen: minildm/ecosystem.py and docs/results_toolbox.md.
 
 Taught in notebooks/01_forward_diffusion.ipynb.
@@ -213,6 +213,6 @@ def start_timestep(schedule: NoiseSchedule, lambda_min: float | None = LAMBDA_MI
 def trailing_timesteps(t_max: int, num_steps: int) -> torch.Tensor:
     """num_steps timesteps (long, descending) spread evenly over 0..t_max and ending-aligned, as
     diffusers' timestep_spacing="trailing" makes them for a process of t_max + 1 timesteps:
-    t_max = 999, 10 steps -> 999, 899, ..., 99 (our DDIM's); t_max = 995 -> 995, 895, 796, ..., 99."""
+    t_max = 999, 10 steps -> 999, 899, ..., 99 (the textbook DDIM's); t_max = 979 -> 979, 881, 783, ..., 97."""
     steps = torch.arange(num_steps, dtype=torch.float64)
     return (torch.round((t_max + 1) - steps * (t_max + 1) / num_steps) - 1).long()

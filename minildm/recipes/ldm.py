@@ -300,8 +300,8 @@ def evaluate(weights=None, quick: bool = False, seeds: int = 3, num_steps: int =
     Returns per-attribute accuracy, all-four accuracy and clean rate on the seen
     captions and, separately, on the held-out (shape, color) pairs; seconds per
     image; and the img2img color-change test. quick: 36 captions, 1 seed, 20 steps.
-    sampler: None = the pipeline's default (DDIM from t = 999); e.g. "euler-discrete" is the
-    same DDIM in other coordinates, started where the diffusers solvers start (t = 979).
+    sampler: None = the pipeline's default (DDIM from t = 979, pipe.lambda_min); e.g. "euler-discrete"
+    is the same DDIM in other coordinates, from the same start.
     """
     device = pick_device(device)
     pipe = LatentDiffusionPipeline.from_pretrained(weights, device=device)
