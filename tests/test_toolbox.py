@@ -456,6 +456,24 @@ def test_normalised_entropy_is_one_for_uniform_and_zero_for_constant():
     assert abs(half - 0.5) < 1e-4
 
 
+def test_entropy_over_the_trained_values_leaves_out_the_held_out_pairs():
+    """No blue triangle and no magenta square is ever trained on (the held-out pairs), so a model
+    that learned its data answers "a blue shape" with circles and squares only: log 2 / log 3 over
+    all three shapes, 1 over the two it was trained to draw."""
+    blue, magenta = torch.tensor((0, 2, 0, 5)), torch.tensor((0, 4, 0, 0))
+    assert shapes.trained_values(blue, {"color", "position"}, "shape") == [0, 1]           # circle, square
+    assert shapes.trained_values(magenta, {"color"}, "shape") == [0, 2]                    # circle, triangle
+    assert shapes.trained_values(torch.tensor((1, 0, 1, 3)), {"size", "shape", "position"}, "color") == [0, 1, 2, 3, 5]
+    assert shapes.trained_values(torch.tensor((0, 0, 0, 0)), {"shape", "color"}, "position") == list(range(9))
+    assert shapes.trained_values(torch.tensor((1, 0, 0, 0)), {"shape"}, "size") == [0, 1]
+    even = torch.tensor([0, 1] * 50)                                                        # circles and squares
+    assert abs(toolbox.normalised_entropy(even, 3) - math.log(2) / math.log(3)) < 1e-4
+    assert toolbox.normalised_entropy(even, 0, [0, 1]) == 1.0
+    with_triangles = torch.cat([even, torch.full((10,), 2)])                                # untrained values left out
+    assert toolbox.normalised_entropy(with_triangles, 0, [0, 1]) == 1.0
+    assert toolbox.normalised_entropy(torch.zeros(20, dtype=torch.long), 0, [0, 1]) == 0.0
+
+
 def test_partial_cases_name_what_they_keep_and_are_known_words():
     prompts = [shapes.partial_caption(torch.tensor(values), keep) for keep, values in toolbox.PARTIAL_CASES]
     assert prompts[0] == "a red circle" and prompts[1] == "a large square on the left"
@@ -472,6 +490,10 @@ def test_partial_prompt_test_reports_named_and_unnamed(pipe):
     row = result["prompts"]["a red circle"]
     assert set(row["unnamed_entropy"]) == {"size", "position"} and 0 <= row["named_right"] <= 1
     assert 0 <= result["min_unnamed_entropy"] <= result["mean_unnamed_entropy"] <= 1
+    assert 0 <= result["min_unnamed_entropy_trained"] <= result["mean_unnamed_entropy_trained"] <= 1
+    square = result["prompts"]["a large square on the left"]                       # no magenta square in training
+    assert square["trained_values"] == {"color": ["red", "green", "blue", "yellow", "cyan"]}
+    assert set(square["unnamed_entropy_trained"]) == set(square["untrained_share"]) == {"color"}
 
 
 def test_negative_prompt_test_reports_the_most_frequent_colour_and_each_negative(pipe):

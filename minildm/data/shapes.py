@@ -180,6 +180,22 @@ def is_held_out(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def trained_values(labels, keep, attribute: str) -> list[int]:
+    """The values of an attribute a prompt leaves open that training pairs with the named ones.
+
+    labels (4,) hold the named values (the others are ignored), keep names them. A value counts
+    when some training label (not a held-out pair) has the named values and that value: "a blue
+    shape" -> circle and square only, since no blue triangle is ever trained on. A model that
+    learned its data draws only these (taught in notebooks/09_toolbox.ipynb).
+    """
+    grid = all_labels()                                                   # (324, 4)
+    match = ~is_held_out(grid)
+    for name in keep:
+        i = ATTRIBUTES.index(name)
+        match &= grid[:, i] == int(labels[i])
+    return sorted(set(grid[match, ATTRIBUTES.index(attribute)].tolist()))
+
+
 def split_labels(split: str) -> torch.Tensor:
     """The label vectors a split may draw from: train/test = seen pairs, heldout, all."""
     _check_choice("split", split, SPLITS)
