@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .recipes import MODELS
 
-PRESETS = ("tiny", "fast", "cpu", "partial", "gpu")   # "fast": vae, clip, ldm only; "partial": ldm only (lesson 09)
+PRESETS = ("tiny", "fast", "cpu", "partial", "gpu")   # "fast": vae, clip, ldm, pixel_unet; "partial": ldm only (lesson 09)
 STACK = ("vae", "clip", "ldm")   # `train stack`: what a LatentDiffusionPipeline needs, in training order
 STEPS_HELP = "sampling steps (default 50; the ddpm sampler always runs all of the model's T steps)"
 
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=list(MODELS) + ["stack", "all"],
                    help="one model; stack = vae, clip, ldm (a whole tiny Stable Diffusion); all = every model")
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="tiny (seconds), fast (the stack in minutes: vae, clip, ldm), cpu (the shipped weights), "
+                   help="tiny (seconds), fast (the stack in minutes: vae, clip, ldm; also pixel_unet), cpu (the shipped weights), "
                         "gpu; partial: ldm only (lesson 09's model)")
     p.add_argument("--out", default="weights", help="folder for the trained weights (one subfolder per model)")
     p.add_argument("--run-dir", default="runs", help="folder for checkpoints and metrics")

@@ -80,7 +80,7 @@ def test_train_stack_trains_the_three_parts_a_pipeline_needs_on_each_other(tmp_p
     assert pipe.config.vae_fingerprint and pipe.config.clip_fingerprint
 
 
-def test_the_fast_preset_is_for_the_stack_only(tmp_path, capsys):
+def test_a_preset_one_model_lacks_stops_train_all_before_training(tmp_path, capsys):
     code = main(["train", "all", "--preset", "fast", "--out", str(tmp_path), "--run-dir", str(tmp_path / "runs")])
     assert code == 2
     err = capsys.readouterr().err

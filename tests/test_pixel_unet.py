@@ -120,7 +120,7 @@ def test_bad_schedule_file_and_preset(tmp_path):
     (tmp_path / "schedule.json").unlink()  # absent: the DDPM defaults
     model, schedule = pixel_unet.load_pixel_unet(tmp_path)
     assert isinstance(model, UNet) and schedule.num_timesteps == 1000
-    with pytest.raises(ValueError, match="tiny, cpu, gpu"):
+    with pytest.raises(ValueError, match="tiny, cpu, fast, gpu"):
         pixel_unet.fit("huge")
 
 
@@ -165,7 +165,9 @@ def test_evaluate_returns_json_figures(tmp_path):
 
 
 def test_presets_are_consistent():
-    assert set(pixel_unet.PRESETS) == {"tiny", "cpu", "gpu"}
+    assert set(pixel_unet.PRESETS) == {"tiny", "fast", "cpu", "gpu"}
+    # the 5-minute preset: attention only in the middle block (the cheaper step), min-SNR weighting
+    assert not any(pixel_unet.PRESETS["fast"].model.attention_levels) and pixel_unet.PRESETS["fast"].snr_gamma == 5.0
     assert pixel_unet.PRESETS["gpu"].resolution == 64 and pixel_unet.PRESETS["gpu"].train.precision == "bf16"
     assert pixel_unet.PRESETS["cpu"].train.ema_decay > 0
     for p in pixel_unet.PRESETS.values():

@@ -1,0 +1,56 @@
+"""One pixel-UNet training of the 5-minute study (issue 18; docs/results_ddpm.md, "The pixel UNet in 5 minutes?").
+
+Trains the cpu preset with the named settings replaced, then samples 400 images from each of the noise
+seeds 0 and 1 with DDIM-50 at eta 0 and eta 1 and grades them with the judge (stricter judge, docs/judge.md).
+Prints one JSON line: the settings, training seconds, and the clean rate of each setting.
+
+    OMP_NUM_THREADS=1 python tools/pixel_unet_budget.py --steps 3500 --batch 32 --lr 6e-3 --snr-gamma 5 \\
+        --no-mid-level-attention --out /tmp/budget
+
+The step count that fits a time budget: the idle 2-thread step times are in docs/results_ddpm.md.
+"""
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from minildm.data.judge import grade_unconditional
+from minildm.recipes import pixel_unet
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR weighting (0 = plain v loss)")
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (initial weights, data)")
+    ap.add_argument("--no-mid-level-attention", action="store_true",
+                    help="self-attention only in the middle block, not in the 8x8 level's ResBlocks")
+    ap.add_argument("--images", type=int, default=400, help="images per noise seed (seeds 0 and 1)")
+    ap.add_argument("--out", required=True, help="folder for the weights and the run")
+    args = ap.parse_args()
+
+    base = pixel_unet.PRESETS["cpu"]
+    levels = (False, False, False) if args.no_mid_level_attention else base.model.attention_levels
+    preset = replace(base, model=replace(base.model, attention_levels=levels),
+                     snr_gamma=args.snr_gamma or None,
+                     train=replace(base.train, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                                   ema_decay=args.ema, seed=args.seed, memory_format="channels_last",
+                                   checkpoint_every=0, log_every=250))
+    t0 = time.time()
+    model = pixel_unet.fit(preset, out_dir=args.out, run_dir=f"{args.out}/runs", progress=False)
+    result = {**{k: v for k, v in vars(args).items() if k != "out"}, "train_seconds": round(time.time() - t0, 1),
+              "threads": torch.get_num_threads()}
+    for eta in (0.0, 1.0):
+        images = torch.cat([pixel_unet.generate(model, model.schedule, args.images, num_steps=50, eta=eta, seed=s,
+                                                progress=False) for s in (0, 1)])
+        result[f"ddim50_eta{eta:g}_clean"] = grade_unconditional(images)["clean_rate"]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
