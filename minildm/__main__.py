@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=list(MODELS) + ["stack", "all"],
                    help="one model; stack = vae, clip, ldm (a whole tiny Stable Diffusion); all = every model")
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="tiny (seconds), fast (the stack in minutes: vae, clip, ldm; also pixel_unet), cpu (the shipped weights), "
-                        "gpu; partial: ldm only (lesson 09's model)")
+                   help="tiny (seconds), fast (the stack in minutes: vae, clip, ldm; also pixel_unet), "
+                        "cpu (the shipped weights), gpu; partial: ldm only (lesson 09's model)")
     p.add_argument("--out", default="weights", help="folder for the trained weights (one subfolder per model)")
     p.add_argument("--run-dir", default="runs", help="folder for checkpoints and metrics")
     p.add_argument("--steps", type=_positive_int)

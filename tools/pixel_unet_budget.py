@@ -5,7 +5,7 @@ seeds 0 and 1 with DDIM-50 at eta 0 and eta 1 and grades them with the judge (st
 Prints one JSON line: the settings, training seconds, and the clean rate of each setting.
 
     OMP_NUM_THREADS=1 python tools/pixel_unet_budget.py --steps 3500 --batch 32 --lr 6e-3 --snr-gamma 5 \\
-        --no-mid-level-attention --out /tmp/budget
+        --middle-attention-only --out /tmp/budget
 
 The step count that fits a time budget: the idle 2-thread step times are in docs/results_ddpm.md.
 """
@@ -28,15 +28,15 @@ def main():
     ap.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR weighting (0 = plain v loss)")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--seed", type=int, default=0, help="training seed (initial weights, data)")
-    ap.add_argument("--no-mid-level-attention", action="store_true",
-                    help="self-attention only in the middle block, not in the 8x8 level's ResBlocks")
+    ap.add_argument("--middle-attention-only", action="store_true",
+                    help="the fast preset's UNet: self-attention in the middle block only, not in the 8x8 level")
     ap.add_argument("--images", type=int, default=400, help="images per noise seed (seeds 0 and 1)")
     ap.add_argument("--out", required=True, help="folder for the weights and the run")
     args = ap.parse_args()
 
     base = pixel_unet.PRESETS["cpu"]
-    levels = (False, False, False) if args.no_mid_level_attention else base.model.attention_levels
-    preset = replace(base, model=replace(base.model, attention_levels=levels),
+    model_config = pixel_unet.PRESETS["fast"].model if args.middle_attention_only else base.model
+    preset = replace(base, model=model_config,
                      snr_gamma=args.snr_gamma or None,
                      train=replace(base.train, steps=args.steps, batch_size=args.batch, lr=args.lr,
                                    ema_decay=args.ema, seed=args.seed, memory_format="channels_last",
