@@ -69,7 +69,7 @@ PRESETS = {
                                    log_every=50, checkpoint_every=500)),
     # five idle 2-core minutes (issue 18; docs/results_ddpm.md, "A cheaper step"): self-attention in the
     # middle block only (the 8x8 level's three attention layers were 40% of the cpu preset's step), a
-    # higher rate and min-SNR weighting. Four trainings: DDIM-50 eta 1 91.6-95.5% clean, eta 0 79-87%,
+    # higher rate and min-SNR weighting. Three trainings: DDIM-50 eta 1 91.6-95.1% clean, eta 0 79-87%,
     # below the cpu preset's 97.6 / 89.6%; 368 s with 2 threads: the shipped weights keep the cpu preset.
     "fast": PixelPreset(
         model=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), attention_levels=(False, False, False),
