@@ -22,15 +22,16 @@ Only the prompt rows are kept: with classifier-free guidance the batch is
 prompt-to-prompt and DAAM read it).
 
 Which layers: the UNet has cross-attention at three resolutions of the 8x8 latent (8x8, 4x4,
-2x2). By default the maps average the layers at least half the latent's side (the 8x8 and 4x4
-ones, down and up path); a 2x2 layer's cell is a quarter of the image, larger than most
-Shapes objects, so upsampled it spreads every word over a quarter of the image and blurs the
-average. Prompt-to-prompt's figures of Stable Diffusion also leave the coarsest (8x8) layers
-out (they average its 16x16 layers, down and up path; DAAM averages all).
-`maps(layers="all")` averages every layer, `maps(layers="finest")` only the layers at the latent's own
-resolution (8x8): the sharpest maps; on the shipped model colour and shape words put at least twice their
-share of attention on the object in this average, not in the default or all-layer ones
-(docs/results_toolbox.md, section 3).
+2x2). By default the maps average the layers at the latent's own resolution (the 8x8 ones, down and
+up path): a map over the latent grid, one cell per latent pixel, with nothing upsampled. This follows
+prompt-to-prompt (Hertz et al. 2022), whose figures of Stable Diffusion average the layers of one
+resolution (its 16x16 ones, down and up path; DAAM averages all). Which resolution was chosen by
+measuring: of three averages, this one puts the most attention of colour and shape words on the
+object, on two trainings of lesson 06's model (docs/results_toolbox.md, section 3): the coarser
+layers' cells cover several latent pixels, so upsampled they spread a word over the object's
+neighbours, and a 2x2 cell (a quarter of the image) is larger than most Shapes objects.
+`maps(layers="half")` averages the layers at least half the latent's side (8x8 and 4x4, the default
+until 2026-12-02), `maps(layers="all")` every layer, `maps(layers=[i])` one.
 The coarse maps are upsampled to the latent grid by nearest neighbour (each cell's weight
 spread over the pixels it covers); all steps count equally.
 
@@ -77,31 +78,34 @@ class AttentionStore:
         return list(self.sides.values())
 
     def default_layers(self) -> list[int]:
-        """Indices into resolutions() of the layers at least half the latent's side (8x8 and 4x4
-        for an 8x8 latent): the ones whose cells are smaller than an object (see the module docstring)."""
-        return [i for i, side in enumerate(self.resolutions()) if 2 * side >= self.latent_size]
+        """Indices into resolutions() of the layers maps() averages by default: finest_layers()."""
+        return self.finest_layers()
 
     def finest_layers(self) -> list[int]:
         """Indices into resolutions() of the layers at the latent's own resolution (8x8 for an 8x8 latent)."""
         return [i for i, side in enumerate(self.resolutions()) if side == self.latent_size]
 
+    def half_layers(self) -> list[int]:
+        """Indices into resolutions() of the layers at least half the latent's side (8x8 and 4x4 for an
+        8x8 latent): the default until 2026-12-02."""
+        return [i for i, side in enumerate(self.resolutions()) if 2 * side >= self.latent_size]
+
     def maps(self, layers=None) -> torch.Tensor:
         """(n, L, S, S) on the CPU: each token's map averaged over the steps and the layers
-        (None: default_layers(); "all": every layer; "finest": finest_layers(); or a list of
-        indices into resolutions()), normalised to sum to 1 over the grid.
+        (None or "finest": the layers at the latent's resolution; "half": half_layers(); "all": every
+        layer; or a list of indices into resolutions()), normalised to sum to 1 over the grid.
 
         Padding tokens get no attention (they are masked out), so their maps are all zeros.
         """
         if not self.totals:
             raise ValueError("no attention was recorded: sample with the store set on the UNet")
         per_layer = [self.totals[layer] / self.calls[layer] for layer in self.totals]  # each (n, L, S, S)
-        if layers is None:
-            layers = self.default_layers()
-        elif layers == "finest":
-            layers = self.finest_layers()
+        named = {None: self.default_layers, "finest": self.finest_layers, "half": self.half_layers}
+        if isinstance(layers, str) and layers in named or layers is None:
+            layers = named[layers]()
         elif layers != "all" and not (isinstance(layers, (list, tuple)) and layers
                                       and all(isinstance(i, int) and 0 <= i < len(per_layer) for i in layers)):
-            raise ValueError(f"layers must be None, 'all', 'finest' or a non-empty list of indices in "
+            raise ValueError(f"layers must be None, 'finest', 'half', 'all' or a non-empty list of indices in "
                              f"0..{len(per_layer) - 1}, got {layers!r}")
         chosen = per_layer if layers == "all" else [per_layer[i] for i in layers]
         mean = (sum(chosen) / len(chosen)).cpu()                              # (n, L, S, S)

@@ -205,27 +205,33 @@ def test_store_averages_layers_and_steps():
     fine[:, :, 1:, 1] = 1
     for _ in range(2):                                                      # two steps
         assert store("coarse", coarse) is coarse and store("fine", fine) is fine
-    maps = store.maps()
+    maps = store.maps(layers="all")
     assert maps.shape == (1, 3, 8, 8) and store.resolutions() == [4, 8]
     assert maps[0, 2, 0, 0] == 1 and maps[0, 2].sum() == 1                  # token 2: all of it at (0, 0)
     assert torch.allclose(maps[0, 1].sum(), torch.tensor(1.0))
     assert torch.allclose(store.maps(layers=[0])[0, 1], torch.full((8, 8), 1 / 64))
 
 
-def test_store_default_leaves_out_the_layers_coarser_than_half_the_latent():
-    """Of an 8x8 latent's 8x8, 4x4 and 2x2 layers the maps average the 8x8 and 4x4 ones by default."""
+def test_store_default_averages_the_layers_at_the_latents_resolution():
+    """Of an 8x8 latent's 8x8, 4x4 and 2x2 layers the maps average the 8x8 ones by default;
+    "half" adds the 4x4 ones, "all" every layer."""
     store = attention_maps.AttentionStore(num_prompts=1, latent_size=8)
-    for side, token in ((8, 1), (4, 1), (2, 2), (2, 2), (4, 1), (8, 1)):     # down, middle, up
-        weights = torch.zeros(1, 1, side * side, 3)
+    for side, token in ((8, 1), (4, 3), (2, 2), (2, 2), (4, 3), (8, 1)):     # down, middle, up
+        weights = torch.zeros(1, 1, side * side, 4)
         weights[..., token] = 1
         store(f"layer {len(store.totals)}", weights)
-    assert store.resolutions() == [8, 4, 2, 2, 4, 8] and store.default_layers() == [0, 1, 4, 5]
-    assert store.maps()[0, 2].sum() == 0 and torch.allclose(store.maps()[0, 1].sum(), torch.tensor(1.0))
+    assert store.resolutions() == [8, 4, 2, 2, 4, 8]
+    assert store.default_layers() == store.finest_layers() == [0, 5] and store.half_layers() == [0, 1, 4, 5]
+    default = store.maps()
+    assert torch.allclose(default[0, 1].sum(), torch.tensor(1.0))                 # the 8x8 layers' token
+    assert default[0, 2].sum() == 0 and default[0, 3].sum() == 0                  # not the 4x4 or 2x2 ones
+    assert torch.equal(store.maps(layers="finest"), default) and torch.equal(store.maps(layers=[0, 5]), default)
+    half = store.maps(layers="half")
+    assert torch.allclose(half[0, 3].sum(), torch.tensor(1.0)) and half[0, 2].sum() == 0
+    assert torch.equal(half, store.maps(layers=[0, 1, 4, 5]))
     assert torch.allclose(store.maps(layers="all")[0, 2].sum(), torch.tensor(1.0))    # every layer: token 2 too
-    assert torch.equal(store.maps(layers=[0, 1, 4, 5]), store.maps())
-    assert store.finest_layers() == [0, 5] and torch.equal(store.maps(layers="finest"), store.maps(layers=[0, 5]))
-    for bad in ("coarse", [], [6], [0.5]):
-        with pytest.raises(ValueError, match="layers must be None, 'all', 'finest'"):
+    for bad in ("coarse", "8x8", [], [6], [0.5]):
+        with pytest.raises(ValueError, match="layers must be None, 'finest', 'half', 'all'"):
             store.maps(layers=bad)
 
 
@@ -466,6 +472,8 @@ def test_entropy_over_the_trained_values_leaves_out_the_held_out_pairs():
     assert shapes.trained_values(torch.tensor((1, 0, 1, 3)), {"size", "shape", "position"}, "color") == [0, 1, 2, 3, 5]
     assert shapes.trained_values(torch.tensor((0, 0, 0, 0)), {"shape", "color"}, "position") == list(range(9))
     assert shapes.trained_values(torch.tensor((1, 0, 0, 0)), {"shape"}, "size") == [0, 1]
+    assert shapes.trained_values(blue, {"color", "position"}, "shape", split="all") == [0, 1, 2]   # every pair
+    assert shapes.trained_values(magenta, {"color"}, "shape", split="heldout") == [1]              # squares only
     even = torch.tensor([0, 1] * 50)                                                        # circles and squares
     assert abs(toolbox.normalised_entropy(even, 3) - math.log(2) / math.log(3)) < 1e-4
     assert toolbox.normalised_entropy(even, 0, [0, 1]) == 1.0
@@ -491,6 +499,7 @@ def test_partial_prompt_test_reports_named_and_unnamed(pipe):
     assert set(row["unnamed_entropy"]) == {"size", "position"} and 0 <= row["named_right"] <= 1
     assert 0 <= result["min_unnamed_entropy"] <= result["mean_unnamed_entropy"] <= 1
     assert 0 <= result["min_unnamed_entropy_trained"] <= result["mean_unnamed_entropy_trained"] <= 1
+    assert result["trained_split"] == "train"                                      # no training.json: lesson 06's split
     square = result["prompts"]["a large square on the left"]                       # no magenta square in training
     assert square["trained_values"] == {"color": ["red", "green", "blue", "yellow", "cyan"]}
     assert set(square["unnamed_entropy_trained"]) == set(square["untrained_share"]) == {"color"}

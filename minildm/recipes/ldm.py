@@ -55,6 +55,7 @@ class LDMPreset:
     partial_prompts: float = PARTIAL_PROMPTS  # captions that name only some attributes (partial prompts)
     latent_pool: int = 0                  # images encoded once up front (0 = encode every batch)
     snr_gamma: float | None = None        # min-SNR loss weighting (objectives.diffusion_loss); None = plain
+    split: str = "train"                  # the Shapes split it trains on: "train" leaves the held-out pairs out
 
 
 def _unet_config(base: int, context_dim: int = 0, **kw) -> UNetConfig:
@@ -91,7 +92,7 @@ PRESETS = {
 # (named attributes right 93.8% -> 97.3%, full captions 96.3 / 95.7% -> 98.3 / 98.8%; docs/results_ldm.md).
 #   python -m minildm train clip --preset cpu --out minildm/weights/partial
 #   python -m minildm train ldm --preset partial --out minildm/weights/partial
-PRESETS["partial"] = dataclasses.replace(PRESETS["cpu"], partial_prompts=0.3, snr_gamma=SNR_GAMMA,
+PRESETS["partial"] = dataclasses.replace(PRESETS["cpu"], partial_prompts=0.3, snr_gamma=SNR_GAMMA, split="all",
                                         train=dataclasses.replace(PRESETS["cpu"].train, lr=3e-3))
 # `train stack --preset fast` (the whole tiny Stable Diffusion in minutes): min-SNR-5 weighting, half-size
 # batches, twice as many, at twice the peak rate: 1,300 x 64 at lr 3e-3 on a freshly trained fast VAE and
@@ -113,15 +114,17 @@ def _frozen_part(part: str, out_dir, device):
 
 
 @torch.no_grad()
-def encode_pool(vae, n: int, seed: int, image_size: int = 32, batch_size: int = 256, dataset=shapes):
+def encode_pool(vae, n: int, seed: int, image_size: int = 32, batch_size: int = 256, dataset=shapes,
+                split: str = "train"):
     """Render n training images once and encode them: (z0 (n, 4, 8, 8) on the CPU, labels (n, 4)).
 
     The frozen VAE gives the same latent for the same image every time, so encoding
     a pool once instead of every batch saves about half the training time on a CPU.
-    dataset: the module whose sample_batch renders them (data.shapes, or data.scenes: labels (n, 5)).
+    dataset: the module whose sample_batch renders them (data.shapes, or data.scenes: labels (n, 5));
+    split: the dataset's split they come from ("all" includes the held-out pairs).
     """
     device = next(vae.parameters()).device
-    images, _, labels = dataset.sample_batch(n, "train", image_size, seed=seed)
+    images, _, labels = dataset.sample_batch(n, split, image_size, seed=seed)
     z0 = torch.cat([vae.encode(images[i:i + batch_size].to(device)).cpu()
                     for i in range(0, n, batch_size)])
     return z0, labels
@@ -171,7 +174,7 @@ class TextStateCache:
 
 def latent_batch_fn(vae, clip, prompt_dropout: float = PROMPT_DROPOUT, image_size: int = 32,
                     pool_size: int = 0, pool_seed: int = 0, partial_prompts: float = 0.0,
-                    dataset=shapes, caption_fn=None):
+                    dataset=shapes, caption_fn=None, split: str = "train"):
     """sample_batch for train.train -> (z0 (B, 4, 8, 8), context (B, L, D), context_mask (B, L)).
 
     z0 are the VAE's scaled latents: of fresh Shapes images, or (pool_size > 0)
@@ -179,7 +182,7 @@ def latent_batch_fn(vae, clip, prompt_dropout: float = PROMPT_DROPOUT, image_siz
     context holds the frozen CLIP's per-token states of the captions of
     `captions_for_training` (paraphrased, some partial, a prompt_dropout fraction "").
     dataset and caption_fn(labels, rng) -> str replace data.shapes and captions_for_training
-    (recipes/scenes.py: two-object scenes).
+    (recipes/scenes.py: two-object scenes); split: the split the images come from.
     """
     pool = []  # filled on the first call: (z0 (P, 4, 8, 8), labels (P, 4))
     text_states = TextStateCache(clip)
@@ -188,9 +191,9 @@ def latent_batch_fn(vae, clip, prompt_dropout: float = PROMPT_DROPOUT, image_siz
         seed = int(torch.randint(0, 2 ** 31, (1,), generator=generator))
         rng = np.random.default_rng(seed)
         if pool_size and not pool:
-            pool.extend(encode_pool(vae, pool_size, pool_seed, image_size, dataset=dataset))
+            pool.extend(encode_pool(vae, pool_size, pool_seed, image_size, dataset=dataset, split=split))
         if not pool_size:
-            images, _, labels = dataset.sample_batch(batch_size, "train", image_size, seed=rng)
+            images, _, labels = dataset.sample_batch(batch_size, split, image_size, seed=rng)
             with torch.no_grad():
                 z0 = vae.encode(images.to(device))                          # (B, 4, 8, 8)
         else:
@@ -222,7 +225,8 @@ def job(preset="cpu", run_dir="runs", frozen_dir=None, **overrides) -> Job:
         return diffusion_loss(model, schedule, z0, context=context, context_mask=mask, snr_gamma=p.snr_gamma)
 
     sample_batch = latent_batch_fn(vae, clip, p.prompt_dropout, vae.config.image_size,
-                                   p.latent_pool, pool_seed=cfg.seed + 1, partial_prompts=p.partial_prompts)
+                                   p.latent_pool, pool_seed=cfg.seed + 1, partial_prompts=p.partial_prompts,
+                                   split=p.split)
     torch.manual_seed(cfg.seed)                     # the same seed, the same initial weights
     unet = UNet(dataclasses.replace(p.model, context_dim=clip.config.text_width))
     run = Job(unet, loss_fn, sample_batch, cfg, NAME)
@@ -257,7 +261,8 @@ def fit(preset: str = "cpu", out_dir="weights", run_dir="runs", **overrides) -> 
     result = train(run.model, run.loss_fn, run.sample_batch, run.cfg, name=NAME)
     pipe = trained_pipeline(run, result.model)
     pipe.save_pretrained(out_dir)
-    write_training_json(Path(out_dir) / NAME, preset, run.cfg, result, latent_pool=p.latent_pool)
+    write_training_json(Path(out_dir) / NAME, preset, run.cfg, result, latent_pool=p.latent_pool,
+                        split=p.split)
     print(f"wrote {Path(out_dir) / NAME} ({result.steps_run} steps in {result.seconds / 60:.1f} min)")
     return pipe
 

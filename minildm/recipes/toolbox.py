@@ -37,6 +37,7 @@ from ..data.judge import judge
 from ..pipeline import LatentDiffusionPipeline
 from ..schedule import LAMBDA_MIN
 from ..train import pick_device
+from . import read_training_json
 from .sampler_eval import START_LAMBDAS, first_step_test, sampler_table, solver_start_test  # noqa: F401
 
 NEGATIVE_SCALE = 8.0      # Perp-Neg weight the negative-prompt test measures (besides SD's replacement)
@@ -215,13 +216,15 @@ def partial_prompt_test(pipe: LatentDiffusionPipeline, cases=PARTIAL_CASES, n: i
     """Each partial prompt with n seeds: are the named attributes right (judge), and does every
     unnamed attribute vary (its normalised entropy over the n images; 1 = uniform)?
 
-    Also over the values training pairs with the named ones (shapes.trained_values: "a blue shape"
-    is never a triangle in training, so a uniform answer over {circle, square} has entropy
-    log 2 / log 3 = 0.63 over all three shapes, 1 over the trained two): `unnamed_entropy_trained`,
-    and `untrained_share`, the images that drew a value training never pairs with the named ones.
+    Also over the values training pairs with the named ones (shapes.trained_values of the split the
+    model was trained on, from its training.json, "train" when it has none; on "train" "a blue shape"
+    is never a triangle, so a uniform answer over {circle, square} has entropy log 2 / log 3 = 0.63
+    over all three shapes, 1 over the trained two): `unnamed_entropy_trained`, and `untrained_share`,
+    the images that drew a value training never pairs with the named ones.
     Issue 19's targets: named attributes right in >= 95% of images, unnamed entropy >= 0.8.
     """
-    result, rights, entropies, trained = {"count_per_prompt": n, "prompts": {}}, [], [], []
+    split = (read_training_json(pipe.sources["ldm"]) or {}).get("split", "train") if "ldm" in pipe.sources else "train"
+    result, rights, entropies, trained = {"count_per_prompt": n, "trained_split": split, "prompts": {}}, [], [], []
     for keep, values in cases:
         labels = torch.tensor(values)
         prompt = shapes.partial_caption(labels, keep)
@@ -230,7 +233,7 @@ def partial_prompt_test(pipe: LatentDiffusionPipeline, cases=PARTIAL_CASES, n: i
         graded = judge(images)
         read = graded["labels"]                                                  # (n, 4)
         right = named_right(read, {a: int(labels[shapes.ATTRIBUTES.index(a)]) for a in keep})
-        open_ = {a: (i, shapes.trained_values(labels, keep, a)) for i, a in enumerate(shapes.ATTRIBUTES) if a not in keep}
+        open_ = {a: (i, shapes.trained_values(labels, keep, a, split)) for i, a in enumerate(shapes.ATTRIBUTES) if a not in keep}
         unnamed = {a: normalised_entropy(read[:, i], len(shapes.ATTRIBUTE_VALUES[a])) for a, (i, _) in open_.items()}
         on_trained = {a: normalised_entropy(read[:, i], 0, support) for a, (i, support) in open_.items()}
         result["prompts"][prompt] = {
@@ -260,9 +263,10 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
     A map spread evenly gives 1; a map inside the object gives 1 / share. Only the images
     the judge reads right (all four attributes) are used, so the region is the prompt's object.
     The maps are those of pipe(..., return_attention=True) (AttentionStore.maps(): the default
-    layers, at least half the latent's side, listed under "layers"); the same ratios averaged
-    over every layer are under "all_layers", over the layers at the latent's own resolution
-    under "finest_layers", and for each layer alone under "per_layer" (resolution, color, shape).
+    layers, at the latent's own resolution, listed under "layers"); the same ratios averaged
+    over the layers at least half the latent's side (the default until 2026-12-02) are under
+    "half_layers", over every layer under "all_layers", and for each layer alone under
+    "per_layer" (resolution, color, shape).
     """
     rng = np.random.default_rng(seed)
     labels = shapes.sample_labels(n, "train", rng)
@@ -289,11 +293,11 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
                                    / share[i]) for i in range(n) if right[i]])
 
     maps = torch.cat([store.maps() for store in stores])
+    half = torch.cat([store.maps(layers="half") for store in stores])
     all_layers = torch.cat([store.maps(layers="all") for store in stores])
-    finest = torch.cat([store.maps(layers="finest") for store in stores])
     result = {"count": n, "judged_right": int(right.sum()), "mean_object_share": round(float(share[right].mean()), 4),
-              "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()], "all_layers": {},
-              "finest_layers": {}}
+              "layers": [stores[0].resolutions()[i] for i in stores[0].default_layers()],
+              "half_layers": {}, "all_layers": {}}
     def summary(r):                                                       # r: one word kind's ratios
         return {"mean_ratio": round(float(r.mean()), 3), "median_ratio": round(float(r.median()), 3),
                 "at_least_2x": _rate(r >= 2)}
@@ -302,7 +306,7 @@ def attention_test(pipe: LatentDiffusionPipeline, n: int = 108, num_steps: int =
         result[kind] = summary(ratios(maps, kind))
         r = ratios(all_layers, kind)
         result["all_layers"][kind] = {"mean_ratio": round(float(r.mean()), 3), "at_least_2x": _rate(r >= 2)}
-        result["finest_layers"][kind] = summary(ratios(finest, kind))
+        result["half_layers"][kind] = summary(ratios(half, kind))
     result["per_layer"] = []
     for index, side in enumerate(stores[0].resolutions()):
         layer_maps = torch.cat([store.maps(layers=[index]) for store in stores])
