@@ -67,3 +67,11 @@ def test_shipped_partial_model_loads_with_its_own_clip_and_follows_named_attribu
     images = pipe(["a red shape"] * 12, num_steps=20, seed=0)                    # colour named, shape not
     read = judge(images)["labels"]
     assert (read[:, 1] == shapes.COLOR_NAMES.index("red")).float().mean() >= 0.75   # chance: 1/6
+
+
+def test_the_headline_says_when_the_held_out_pairs_were_trained_on():
+    from minildm.recipes.ldm import headline
+    result = {"seen": {"all_four": 0.99}, "held_out": {"all_four": 0.98}}
+    assert headline(result) == "all four attributes right: 99.0% seen, 98.0% held-out pairs"
+    assert headline(dict(result, trained_split="train")) == headline(result)
+    assert headline(dict(result, trained_split="all")).endswith("98.0% held-out pairs (trained on: this model's split is 'all')")

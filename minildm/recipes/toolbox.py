@@ -40,7 +40,9 @@ from ..train import pick_device
 from . import read_training_json
 from .sampler_eval import START_LAMBDAS, first_step_test, sampler_table, solver_start_test  # noqa: F401
 
-NEGATIVE_SCALE = 8.0      # Perp-Neg weight the negative-prompt test measures (besides SD's replacement)
+NEGATIVE_SCALE = 4.0      # the Perp-Neg weight the lesson shows: of 4, 6, 8 the one that keeps the named attributes
+                          # right in >= 95% with both negatives on the partial model (docs/results_toolbox.md)
+NEGATIVE_SCALES = (4.0, 6.0, 8.0)   # the Perp-Neg weights the negative-prompt test measures (besides SD's way)
 PARTS = ("inpainting", "partial_prompts", "negative_prompt", "attention", "editing", "samplers", "first_step",
          "solver_start")
 LIT = 0.5                    # a pixel belongs to the object when its brightest channel is above this
@@ -147,7 +149,7 @@ def named_right(read: torch.Tensor, named: dict) -> torch.Tensor:
 def negative_prompt_test(pipe: LatentDiffusionPipeline, prompt: str = "a large circle in the center",
                          named: dict | None = None, negatives=("red", None), n: int = 100,
                          num_steps: int = 50, guidance_scale: float = 3.0, batch_size: int = 100,
-                         negative_scales=(NEGATIVE_SCALE,)) -> dict:
+                         negative_scales=NEGATIVE_SCALES) -> dict:
     """n seeds of a prompt that leaves the colour open, without and with each negative prompt:
     how often the judge reads the negative colour, and how often the named attributes are right.
 
