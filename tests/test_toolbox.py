@@ -445,6 +445,20 @@ def test_shipped_attention_finds_the_object(shipped):
     assert max(quarter) > 2 * 16 / 64                                       # the best layer: > 2x its share
 
 
+def test_partial_prompts_by_guidance_runs_the_partial_test_at_each_guidance_on_the_partial_model(monkeypatch):
+    calls = []
+
+    def fake_test(pipe, n=100, guidance_scale=3.0, **kw):
+        calls.append((pipe.sources["ldm"].parent.name, n, guidance_scale))
+        return {"named_right": guidance_scale / 4}
+    monkeypatch.setattr(toolbox, "partial_prompt_test", fake_test)
+    result = toolbox.evaluate(parts=["partial_prompts_by_guidance"], quick=True, device="cpu")
+    assert calls == [("partial", 12, w) for w in toolbox.PARTIAL_GUIDANCES]
+    by_w = result["partial_prompts_by_guidance"]
+    assert {w: r["named_right"] for w, r in by_w.items() if isinstance(r, dict)} == {"1.0": 0.25, "2.0": 0.5, "3.0": 0.75}
+    assert by_w["2.0"]["guidance_scale"] == 2.0 and by_w["weights"].endswith("partial/ldm")
+
+
 def test_cli_evaluate_toolbox_dispatches(tmp_path, capsys):
     assert cli.main(["evaluate", "toolbox", "--weights", str(tmp_path / "none")]) == 2
     assert "pipeline folder not found" in capsys.readouterr().err

@@ -6,6 +6,7 @@ tool, and lets the judge (data/judge.py) read the result:
     inpainting_test        replace the object inside its box (grown by 2 px): prompted attributes
                            read back, PSNR outside the mask
     partial_prompt_test    prompts naming some attributes: named ones right, unnamed ones varied
+                           (part "partial_prompts" at guidance 3, "partial_prompts_by_guidance" at 1, 2, 3)
     negative_prompt_test   "a large circle in the center" without a negative prompt, and with "red" and
                            with its most frequent colour (the partial model: it leaves the colour open),
                            Stable Diffusion's way and with Perp-Neg (negative_scale)
@@ -43,8 +44,9 @@ from .sampler_eval import START_LAMBDAS, first_step_test, sampler_table, solver_
 NEGATIVE_SCALE = 4.0      # the Perp-Neg weight the lesson shows: of 4, 6, 8 the one that keeps the named attributes
                           # right in >= 95% with both negatives on the partial model (docs/results_toolbox.md)
 NEGATIVE_SCALES = (4.0, 6.0, 8.0)   # the Perp-Neg weights the negative-prompt test measures (besides SD's way)
-PARTS = ("inpainting", "partial_prompts", "negative_prompt", "attention", "editing", "samplers", "first_step",
-         "solver_start")
+PARTS = ("inpainting", "partial_prompts", "partial_prompts_by_guidance", "negative_prompt", "attention", "editing",
+         "samplers", "first_step", "solver_start")
+PARTIAL_GUIDANCES = (1.0, 2.0, 3.0)   # the guidance scales partial_prompts_by_guidance measures (partial_prompts: 3)
 LIT = 0.5                    # a pixel belongs to the object when its brightest channel is above this
                              # (the judge's own rule for its mask)
 
@@ -357,7 +359,7 @@ def editing_test(pipe: LatentDiffusionPipeline, n: int = 108, strengths=(0.5, 0.
 
 
 PARTIAL_WEIGHTS = "partial"  # the shipped model trained with partial prompts (minildm/weights/partial/)
-NEEDS_PARTIAL = ("partial_prompts", "negative_prompt")   # parts measured on that model by default
+NEEDS_PARTIAL = ("partial_prompts", "partial_prompts_by_guidance", "negative_prompt")   # measured on that model
 
 
 def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto",
@@ -381,6 +383,9 @@ def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto",
     tests = {
         "inpainting": lambda: inpainting_test(pipe, n=n),
         "partial_prompts": lambda: partial_prompt_test(partial_pipe, n=12 if quick else 100),
+        "partial_prompts_by_guidance": lambda: {str(w): dict(partial_prompt_test(partial_pipe, n=12 if quick else 100,
+                                                                                 guidance_scale=w), guidance_scale=w)
+                                                for w in PARTIAL_GUIDANCES},
         "negative_prompt": lambda: negative_prompt_test(partial_pipe, n=12 if quick else 100),
         "attention": lambda: attention_test(pipe, n=n),
         "editing": lambda: editing_test(pipe, n=n),
