@@ -101,7 +101,10 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, context=Non
     snr_gamma (optional, "min-SNR weighting", Hang et al. 2023): weight each example's
     error by min(SNR(t), gamma) / SNR(t). The plain eps loss spends most of its effort on
     nearly clean x_t (high SNR), where the details are easy; capping the weight there
-    lets a small training budget go to the noise levels that decide the layout.
+    lets a small training budget go to the noise levels that decide the layout. With
+    prediction="v" the same weight multiplies the v error: the plain v loss below SNR = gamma,
+    capped above it (Hang et al.'s v form, min(SNR, gamma) / (SNR + 1), would also shrink the
+    weight of the noisiest steps, where the v loss is already the x0 loss).
     Returns a scalar tensor.
 
     Taught in notebooks/02_ddpm.ipynb.
