@@ -27,7 +27,7 @@ up path): a map over the latent grid, one cell per latent pixel, with nothing up
 prompt-to-prompt (Hertz et al. 2022), whose figures of Stable Diffusion average the layers of one
 resolution (its 16x16 ones, down and up path; DAAM averages all). Which resolution was chosen by
 measuring: of three averages, this one puts the most attention of colour and shape words on the
-object, on two trainings of lesson 06's model (docs/results_toolbox.md, section 3): the coarser
+object, on two trainings of lesson 06's model (docs/results_toolbox.md, the box at the top): the coarser
 layers' cells cover several latent pixels, so upsampled they spread a word over the object's
 neighbours, and a 2x2 cell (a quarter of the image) is larger than most Shapes objects.
 `maps(layers="half")` averages the layers at least half the latent's side (8x8 and 4x4, the default
@@ -101,7 +101,7 @@ class AttentionStore:
             raise ValueError("no attention was recorded: sample with the store set on the UNet")
         per_layer = [self.totals[layer] / self.calls[layer] for layer in self.totals]  # each (n, L, S, S)
         named = {None: self.default_layers, "finest": self.finest_layers, "half": self.half_layers}
-        if isinstance(layers, str) and layers in named or layers is None:
+        if layers is None or (isinstance(layers, str) and layers in named):
             layers = named[layers]()
         elif layers != "all" and not (isinstance(layers, (list, tuple)) and layers
                                       and all(isinstance(i, int) and 0 <= i < len(per_layer) for i in layers)):
