@@ -310,23 +310,6 @@ def test_prompt_dropout_and_pool(pipe):
             assert len(torch.unique(z0, dim=0)) <= 64                          # drawn from the pool
 
 
-def test_the_partial_preset_trains_on_every_pair_and_lesson_06_leaves_the_held_out_ones_out(pipe):
-    """split="all" (the partial model) draws the held-out pairs too; the default "train" never does."""
-    assert ldm.PRESETS["partial"].split == "all" and ldm.PRESETS["cpu"].split == ldm.PRESETS["fast"].split == "train"
-    for split, any_held in (("train", False), ("all", True)):
-        labels = ldm.encode_pool(pipe.vae, 256, seed=0, split=split)[1]
-        assert bool(shapes.is_held_out(labels).any()) == any_held, split
-    seen = []                                                               # fresh batches (no pool)
-    batch_fn = ldm.latent_batch_fn(pipe.vae, pipe.clip, pool_size=0, split="all")
-    original = shapes.sample_batch
-    try:
-        shapes.sample_batch = lambda n, split, *a, **k: seen.append(split) or original(n, split, *a, **k)
-        batch_fn(8, torch.Generator().manual_seed(0), "cpu")
-    finally:
-        shapes.sample_batch = original
-    assert seen == ["all"]
-
-
 def test_fit_tiny(tmp_path, capsys):
     torch.manual_seed(0)
     TinyVAE(VAE_PRESETS["tiny"].model).save_pretrained(tmp_path / "w" / "vae")

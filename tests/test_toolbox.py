@@ -486,8 +486,6 @@ def test_entropy_over_the_trained_values_leaves_out_the_held_out_pairs():
     assert shapes.trained_values(torch.tensor((1, 0, 1, 3)), {"size", "shape", "position"}, "color") == [0, 1, 2, 3, 5]
     assert shapes.trained_values(torch.tensor((0, 0, 0, 0)), {"shape", "color"}, "position") == list(range(9))
     assert shapes.trained_values(torch.tensor((1, 0, 0, 0)), {"shape"}, "size") == [0, 1]
-    assert shapes.trained_values(blue, {"color", "position"}, "shape", split="all") == [0, 1, 2]   # every pair
-    assert shapes.trained_values(magenta, {"color"}, "shape", split="heldout") == [1]              # squares only
     even = torch.tensor([0, 1] * 50)                                                        # circles and squares
     assert abs(toolbox.normalised_entropy(even, 3) - math.log(2) / math.log(3)) < 1e-4
     assert toolbox.normalised_entropy(even, 0, [0, 1]) == 1.0
@@ -513,7 +511,6 @@ def test_partial_prompt_test_reports_named_and_unnamed(pipe):
     assert set(row["unnamed_entropy"]) == {"size", "position"} and 0 <= row["named_right"] <= 1
     assert 0 <= result["min_unnamed_entropy"] <= result["mean_unnamed_entropy"] <= 1
     assert 0 <= result["min_unnamed_entropy_trained"] <= result["mean_unnamed_entropy_trained"] <= 1
-    assert result["trained_split"] == "train"                                      # no training.json: lesson 06's split
     square = result["prompts"]["a large square on the left"]                       # no magenta square in training
     assert square["trained_values"] == {"color": ["red", "green", "blue", "yellow", "cyan"]}
     assert set(square["unnamed_entropy_trained"]) == set(square["untrained_share"]) == {"color"}

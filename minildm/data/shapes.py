@@ -180,18 +180,16 @@ def is_held_out(labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def trained_values(labels, keep, attribute: str, split: str = "train") -> list[int]:
-    """The values of an attribute a prompt leaves open that a model trained on `split` saw paired
-    with the named ones.
+def trained_values(labels, keep, attribute: str) -> list[int]:
+    """The values of an attribute a prompt leaves open that training pairs with the named ones.
 
     labels (4,) hold the named values (the others are ignored), keep names them. A value counts
-    when some label of the split has the named values and that value: for the "train" split,
-    "a blue shape" -> circle and square only, since no blue triangle is ever trained on; for
-    "all", every value. A model that learned its data draws only these (taught in
-    notebooks/09_toolbox.ipynb).
+    when some training label (not a held-out pair) has the named values and that value: "a blue
+    shape" -> circle and square only, since no blue triangle is ever trained on. A model that
+    learned its data draws only these (taught in notebooks/09_toolbox.ipynb).
     """
-    grid = split_labels(split)                                            # (P, 4)
-    match = torch.ones(len(grid), dtype=torch.bool)
+    grid = all_labels()                                                   # (324, 4)
+    match = ~is_held_out(grid)
     for name in keep:
         i = ATTRIBUTES.index(name)
         match &= grid[:, i] == int(labels[i])
