@@ -457,6 +457,11 @@ def test_partial_prompts_by_guidance_runs_the_partial_test_at_each_guidance_on_t
     by_w = result["partial_prompts_by_guidance"]
     assert {w: r["named_right"] for w, r in by_w.items() if isinstance(r, dict)} == {"1.0": 0.25, "2.0": 0.5, "3.0": 0.75}
     assert by_w["2.0"]["guidance_scale"] == 2.0 and by_w["weights"].endswith("partial/ldm")
+    calls.clear()                                                   # both partial parts: guidance 3 runs once
+    both = toolbox.evaluate(parts=["partial_prompts", "partial_prompts_by_guidance"], quick=True, device="cpu")
+    assert calls == [("partial", 12, w) for w in (3.0, 1.0, 2.0)]
+    assert both["partial_prompts"]["named_right"] == both["partial_prompts_by_guidance"]["3.0"]["named_right"] == 0.75
+    assert "weights" not in both["partial_prompts_by_guidance"]["3.0"]           # the parts do not share one dict
 
 
 def test_cli_evaluate_toolbox_dispatches(tmp_path, capsys):

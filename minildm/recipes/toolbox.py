@@ -377,12 +377,16 @@ def evaluate(weights=None, quick: bool = False, parts=PARTS, device="auto",
     if partial_weights is not None and set(parts) & set(NEEDS_PARTIAL):
         partial_pipe = LatentDiffusionPipeline.from_pretrained(partial_weights, device=device)
     n = 12 if quick else 108
+    partial_runs = {}       # guidance -> partial_prompt_test: the w = 3 run serves both partial parts
+
+    def partial_at(w: float) -> dict:
+        if w not in partial_runs:
+            partial_runs[w] = partial_prompt_test(partial_pipe, n=12 if quick else 100, guidance_scale=w)
+        return dict(partial_runs[w])                                     # a copy: evaluate adds its own keys
     tests = {
         "inpainting": lambda: inpainting_test(pipe, n=n),
-        "partial_prompts": lambda: partial_prompt_test(partial_pipe, n=12 if quick else 100),
-        "partial_prompts_by_guidance": lambda: {str(w): dict(partial_prompt_test(partial_pipe, n=12 if quick else 100,
-                                                                                 guidance_scale=w), guidance_scale=w)
-                                                for w in PARTIAL_GUIDANCES},
+        "partial_prompts": lambda: partial_at(3.0),
+        "partial_prompts_by_guidance": lambda: {str(w): dict(partial_at(w), guidance_scale=w) for w in PARTIAL_GUIDANCES},
         "negative_prompt": lambda: negative_prompt_test(partial_pipe, n=12 if quick else 100),
         "attention": lambda: attention_test(pipe, n=n),
         "editing": lambda: editing_test(pipe, n=n),
