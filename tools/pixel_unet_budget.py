@@ -20,7 +20,18 @@ from minildm.data.judge import grade_unconditional
 from minildm.recipes import pixel_unet
 
 
-def main():
+def channel_mults(text: str) -> tuple:
+    """'1,4,8' -> (1, 4, 8); argparse turns the ValueError into a one-line usage error."""
+    try:
+        mults = tuple(int(m) for m in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channel mults must be whole numbers separated by commas, got {text!r}")
+    if not mults or min(mults) < 1:
+        raise argparse.ArgumentTypeError(f"channel mults must be at least 1, got {text!r}")
+    return mults
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--batch", type=int, default=32)
@@ -31,34 +42,43 @@ def main():
     ap.add_argument("--middle-attention-only", action="store_true",
                     help="the fast preset's UNet: self-attention in the middle block only, not in the 8x8 level")
     ap.add_argument("--base-channels", type=int, help="UNet width at full resolution (default: the preset's 16)")
-    ap.add_argument("--channel-mults", help="channels per level as multiples of the base, e.g. 1,4,8")
+    ap.add_argument("--channel-mults", type=channel_mults,
+                    help="channels per level as multiples of the base, e.g. 1,4,8 (attention as the preset: "
+                         "in the last level unless --middle-attention-only)")
     ap.add_argument("--norm-groups", type=int, help="GroupNorm groups (default: the preset's 8)")
     ap.add_argument("--images", type=int, default=400, help="images per noise seed")
-    ap.add_argument("--noise-seeds", default="0,1", help="noise seeds to sample from, e.g. 0 or 0,1")
+    ap.add_argument("--noise-seeds", type=lambda text: tuple(int(s) for s in text.split(",")), default=(0, 1),
+                    help="noise seeds to sample from, e.g. 0 or 0,1")
     ap.add_argument("--out", required=True, help="folder for the weights and the run")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def preset_from(args) -> pixel_unet.PixelPreset:
+    """The cpu preset with the UNet and training settings the arguments name (UNetConfig checks the shape)."""
     base = pixel_unet.PRESETS["cpu"]
     model_config = pixel_unet.PRESETS["fast"].model if args.middle_attention_only else base.model
     if args.channel_mults:  # another shape of UNet: attention where the chosen preset has it, per level
-        mults = tuple(int(m) for m in args.channel_mults.split(","))
-        attention = (False,) * (len(mults) - 1) + (not args.middle_attention_only,)
-        model_config = replace(model_config, channel_mults=mults, attention_levels=attention)
+        attention = (False,) * (len(args.channel_mults) - 1) + (not args.middle_attention_only,)
+        model_config = replace(model_config, channel_mults=args.channel_mults, attention_levels=attention)
     for field in ("base_channels", "norm_groups"):
         if getattr(args, field):
             model_config = replace(model_config, **{field: getattr(args, field)})
-    preset = replace(base, model=model_config,
-                     snr_gamma=args.snr_gamma or None,
-                     train=replace(base.train, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                                   ema_decay=args.ema, seed=args.seed, memory_format="channels_last",
-                                   checkpoint_every=0, log_every=250))
+    return replace(base, model=model_config, snr_gamma=args.snr_gamma or None,
+                   train=replace(base.train, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                                 ema_decay=args.ema, seed=args.seed, memory_format="channels_last",
+                                 checkpoint_every=0, log_every=250))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    preset = preset_from(args)
     t0 = time.time()
     model = pixel_unet.fit(preset, out_dir=args.out, run_dir=f"{args.out}/runs", progress=False)
     result = {**{k: v for k, v in vars(args).items() if k != "out"}, "train_seconds": round(time.time() - t0, 1),
               "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())}
     for eta in (0.0, 1.0):
-        images = torch.cat([pixel_unet.generate(model, model.schedule, args.images, num_steps=50, eta=eta, seed=int(s),
-                                                progress=False) for s in args.noise_seeds.split(",")])
+        images = torch.cat([pixel_unet.generate(model, model.schedule, args.images, num_steps=50, eta=eta, seed=s,
+                                                progress=False) for s in args.noise_seeds])
         result[f"ddim50_eta{eta:g}_clean"] = grade_unconditional(images)["clean_rate"]
     print(json.dumps(result))
 
