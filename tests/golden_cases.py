@@ -2,7 +2,8 @@
 
 tools/record_golden.py saved them (before the restructure of issue 13) to
 tests/golden/golden.safetensors; tests/test_golden.py recomputes them with the
-current code and asserts they are unchanged (to 1e-6). Only the import paths here
+current code and asserts they are unchanged (to 5e-5, relative for outputs
+larger than 1: float32 kernels differ between CPUs; tests/test_golden.py says by how much). Only the import paths here
 may change when code moves; the computations must not.
 
 One deliberate re-recording: the four ldm_* cases were recorded again when the clipping of

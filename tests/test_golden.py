@@ -10,6 +10,12 @@ from safetensors.torch import load_file
 from golden_cases import compute_golden
 
 GOLDEN = Path(__file__).parent / "golden" / "golden.safetensors"
+# float32 kernels differ between CPUs (oneDNN/MKL pick other vector paths on another host): on a second
+# host (2026-12-02) the same code and weights moved the 50-step LDM images by up to 1.44e-5, the pixel
+# DDIM images by 3.2e-6 and the CLIP logits by 3.8e-6, where the recording host gives 0. A change of
+# behaviour moves them by orders more (measured on pixel_ddim10: 9 or 11 DDIM steps instead of 10 move
+# pixels by 0.99 and 0.73, eta 0.1 instead of 0 by 0.72).
+TOLERANCE = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,9 @@ def test_output_unchanged(outputs, name):
     got = outputs[name]
     assert got.shape == expected.shape, f"{name}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
     err = (got - expected).abs().max().item()
-    assert err <= 1e-6, f"{name} changed: largest difference {err:.3g} from the recorded output"
+    tolerance = TOLERANCE * max(1.0, expected.abs().max().item())       # relative for large outputs (logits)
+    assert err <= tolerance, f"{name} changed: largest difference {err:.3g} from the recorded output " \
+                             f"(allowed {tolerance:.3g})"
 
 
 def test_every_case_recorded(outputs):
