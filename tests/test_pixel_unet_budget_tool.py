@@ -51,9 +51,17 @@ def test_channel_mults_and_base_give_the_study_rows(tool):
     assert preset.model.attention_levels == (False, False, True)
 
 
-@pytest.mark.parametrize("bad", ["1,x,8", "0,2", ""])
-def test_bad_channel_mults_are_a_one_line_usage_error(tool, bad, capsys):
+@pytest.mark.parametrize("option, bad, says", [("--channel-mults", "1,x,8", "channel mults must be"),
+                                               ("--channel-mults", "0,2", "channel mults must be"),
+                                               ("--channel-mults", "", "channel mults must be"),
+                                               ("--noise-seeds", "0,x", "noise seeds must be"),
+                                               ("--noise-seeds", "-1", "noise seeds must be at least 0")])
+def test_bad_lists_are_a_one_line_usage_error(tool, option, bad, says, capsys):
     with pytest.raises(SystemExit):
-        tool.parse_args(["--steps", "1", "--out", "o", "--channel-mults", bad])
+        tool.parse_args(["--steps", "1", "--out", "o", option, bad])
     err = capsys.readouterr().err.strip().splitlines()
-    assert "channel mults must be" in err[-1] and "Traceback" not in "".join(err)
+    assert says in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_noise_seeds_parse_to_ints(tool):
+    assert tool.parse_args(["--steps", "1", "--out", "o", "--noise-seeds", "0,1"]).noise_seeds == (0, 1)

@@ -20,15 +20,17 @@ from minildm.data.judge import grade_unconditional
 from minildm.recipes import pixel_unet
 
 
-def channel_mults(text: str) -> tuple:
-    """'1,4,8' -> (1, 4, 8); argparse turns the ValueError into a one-line usage error."""
-    try:
-        mults = tuple(int(m) for m in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"channel mults must be whole numbers separated by commas, got {text!r}")
-    if not mults or min(mults) < 1:
-        raise argparse.ArgumentTypeError(f"channel mults must be at least 1, got {text!r}")
-    return mults
+def comma_ints(what: str, minimum: int):
+    """An argparse type: '1,4,8' -> (1, 4, 8), each at least `minimum`; anything else is a one-line usage error."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be whole numbers separated by commas, got {text!r}")
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {text!r}")
+        return values
+    return parse
 
 
 def parse_args(argv=None):
@@ -42,12 +44,12 @@ def parse_args(argv=None):
     ap.add_argument("--middle-attention-only", action="store_true",
                     help="the fast preset's UNet: self-attention in the middle block only, not in the 8x8 level")
     ap.add_argument("--base-channels", type=int, help="UNet width at full resolution (default: the preset's 16)")
-    ap.add_argument("--channel-mults", type=channel_mults,
+    ap.add_argument("--channel-mults", type=comma_ints("channel mults", 1),
                     help="channels per level as multiples of the base, e.g. 1,4,8 (attention as the preset: "
                          "in the last level unless --middle-attention-only)")
     ap.add_argument("--norm-groups", type=int, help="GroupNorm groups (default: the preset's 8)")
     ap.add_argument("--images", type=int, default=400, help="images per noise seed")
-    ap.add_argument("--noise-seeds", type=lambda text: tuple(int(s) for s in text.split(",")), default=(0, 1),
+    ap.add_argument("--noise-seeds", type=comma_ints("noise seeds", 0), default=(0, 1),
                     help="noise seeds to sample from, e.g. 0 or 0,1")
     ap.add_argument("--out", required=True, help="folder for the weights and the run")
     return ap.parse_args(argv)
