@@ -65,3 +65,10 @@ def test_bad_lists_are_a_one_line_usage_error(tool, option, bad, says, capsys):
 
 def test_noise_seeds_parse_to_ints(tool):
     assert tool.parse_args(["--steps", "1", "--out", "o", "--noise-seeds", "0,1"]).noise_seeds == (0, 1)
+
+
+def test_optimizer_options_reach_the_training_config(tool):
+    preset, _ = build(tool, "--beta2", "0.99", "--min-lr-ratio", "0")
+    assert preset.train.betas == (0.9, 0.99) and preset.train.min_lr_ratio == 0.0
+    preset, _ = build(tool)                                    # the defaults are the cpu preset's
+    assert preset.train.betas == (0.9, 0.999) and preset.train.min_lr_ratio == 0.1

@@ -40,6 +40,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--snr-gamma", type=float, default=0.0, help="min-SNR weighting (0 = plain v loss)")
     ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay (default 0.999)")
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1,
+                    help="the cosine decay ends at lr times this (default 0.1; 0 = decay to zero)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (initial weights, data)")
     ap.add_argument("--middle-attention-only", action="store_true",
                     help="the fast preset's UNet: self-attention in the middle block only, not in the 8x8 level")
@@ -67,7 +70,8 @@ def preset_from(args) -> pixel_unet.PixelPreset:
             model_config = replace(model_config, **{field: getattr(args, field)})
     return replace(base, model=model_config, snr_gamma=args.snr_gamma or None,
                    train=replace(base.train, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                                 ema_decay=args.ema, seed=args.seed, memory_format="channels_last",
+                                 ema_decay=args.ema, seed=args.seed,
+                                 betas=(0.9, args.beta2), min_lr_ratio=args.min_lr_ratio, memory_format="channels_last",
                                  checkpoint_every=0, log_every=250))
 
 
