@@ -182,3 +182,37 @@ def test_nan_loss_before_any_checkpoint_says_so():
     with pytest.raises(train.NaNLossError, match="No checkpoint was written"):
         train.train(_toy.make_model(), lambda m, b: _toy.loss_fn(m, b)[0] * float("nan"),
                     _toy.sample_batch, train.TrainConfig(steps=3, device="cpu", progress=False), "toy")
+
+
+def test_a_loss_that_blows_up_stops_the_run_and_keeps_the_checkpoints(tmp_path):
+    """No NaN, just a loss fifty times higher from step 21 on: the run stops two logs later."""
+    run = tmp_path / "run"
+
+    def blows_up_at_21(model, batch, calls=[0]):
+        calls[0] += 1
+        loss, extra = _toy.loss_fn(model, batch)
+        return (loss * 50 if calls[0] > 20 else loss), extra
+
+    with pytest.raises(train.DivergedError, match="diverged at step 22") as err:
+        train.train(_toy.make_model(), blows_up_at_21, _toy.sample_batch, toy_config(run), "toy")
+    assert "lower learning rate (--lr; this run's peak: 0.003)" in str(err.value)
+    assert str(run / "checkpoint") in str(err.value)
+    state = train.load_checkpoint(train.find_checkpoint(run / "checkpoint"), _toy.make_model(), None)
+    assert state["step"] == 20                         # the last checkpoint before the blow-up, kept
+
+
+def test_divergence_watch_trips_on_the_measured_blow_up_and_not_on_noise():
+    # The pixel UNet's 10,500-step fast recipe, seed 1 (docs/results_ddpm.md): its logged losses.
+    measured = [(250, 0.0612), (500, 0.0677), (750, 0.0428), (1000, 0.0330), (1250, 0.0255),
+                (1500, 0.0407), (1750, 0.0429), (2000, 0.0235), (2250, 0.0302), (2500, 0.374),
+                (2750, 0.4065), (3000, 0.3382)]
+    watch = train.DivergenceWatch()
+    tripped = [step for step, loss in measured if watch.diverged(step, loss)]
+    assert tripped[0] == 2750 and watch.best_step == 2250   # two bad logs of three, then it stops
+
+    spike = train.DivergenceWatch()                          # one noisy batch, 12x the others
+    assert not any(spike.diverged(s, l) for s, l in enumerate([0.05, 0.04, 0.03, 0.03, 0.36, 0.03, 0.03]))
+
+    tiny = train.DivergenceWatch()                           # fell from 1 to 1e-6, wobbles up to 5e-6
+    losses = [1.0, 0.5, 0.1, 1e-6, 1e-6, 1e-6, 5e-6, 5e-6, 5e-6]
+    assert not any(tiny.diverged(s, l) for s, l in enumerate(losses))
