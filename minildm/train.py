@@ -38,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import statistics
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -230,17 +232,18 @@ class DivergenceWatch:
 
     def __init__(self, factor: float = 4.0, window: int = 3):
         self.factor, self.window = factor, window
-        self.recent: list[float] = []
-        self.first = self.now = float("nan")
+        self.recent: deque[float] = deque(maxlen=window)   # the last `window` logged losses
+        self.first: float | None = None                     # the median of the first full window
+        self.now = float("nan")                             # the median of the last full window
         self.best, self.best_step = float("inf"), None
 
     def diverged(self, step: int, loss: float) -> bool:
         """Add one logged loss; True once the rolling median is factor x its best and above its first."""
-        self.recent = (self.recent + [loss])[-self.window:]
+        self.recent.append(loss)
         if len(self.recent) < self.window:
             return False
-        self.now = sorted(self.recent)[self.window // 2]
-        if self.first != self.first:                                   # NaN: the first full window
+        self.now = statistics.median(self.recent)
+        if self.first is None:
             self.first = self.now
         if self.now < self.best:
             self.best, self.best_step = self.now, step
@@ -379,7 +382,8 @@ def train(model: nn.Module, loss_fn: Callable, sample_batch: Callable, cfg: Trai
                             f"[{name}] the loss diverged at step {done}: {watch.now:.3g} (the median of the last "
                             f"{watch.window} logs) is {watch.now / watch.best:.0f}x its best, {watch.best:.3g} at "
                             f"step {watch.best_step}; stopping. "
-                            + (f"The checkpoints in {ckpt_dir} are kept. " if ckpt_dir else "")
+                            + (f"The checkpoints in {ckpt_dir} are kept. " if ckpt_dir and find_checkpoint(ckpt_dir)
+                               else "No checkpoint was written before it. ")
                             + f"Train again with a lower learning rate (--lr; this run's peak: {cfg.lr:g}) "
                             "or another --seed.")
                 if ckpt_dir and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)

@@ -216,3 +216,15 @@ def test_divergence_watch_trips_on_the_measured_blow_up_and_not_on_noise():
     tiny = train.DivergenceWatch()                           # fell from 1 to 1e-6, wobbles up to 5e-6
     losses = [1.0, 0.5, 0.1, 1e-6, 1e-6, 1e-6, 5e-6, 5e-6, 5e-6]
     assert not any(tiny.diverged(s, l) for s, l in enumerate(losses))
+
+
+def test_a_blow_up_before_any_checkpoint_says_so():
+    def blows_up_at_21(model, batch, calls=[0]):
+        calls[0] += 1
+        loss, extra = _toy.loss_fn(model, batch)
+        return (loss * 50 if calls[0] > 20 else loss), extra
+
+    with pytest.raises(train.DivergedError, match="No checkpoint was written before it"):
+        train.train(_toy.make_model(), blows_up_at_21, _toy.sample_batch,
+                    train.TrainConfig(steps=40, lr=3e-3, warmup_steps=5, log_every=1, device="cpu",
+                                      seed=3, progress=False), "toy")
